@@ -1,0 +1,95 @@
+"""The hidden checks: a registry of named checks and the verdicts they reach.
+
+Trusted code. A source notebook's hidden-check cell names one check here:
+
+    from autograder import hidden_check; hidden_check("attention_matches_reference")
+
+The cell's points (nbgrader metadata) are the check's points; the check itself
+lives only in this package, never in a notebook. A check gets a `StudentCode`
+(autograder/student.py) and raises `CheckFailed` with a message in the
+student's terms; `run_check` turns that into a `Verdict`.
+"""
+import sys
+import traceback
+from dataclasses import dataclass
+from typing import Callable
+
+from hypothesis.errors import Flaky, HypothesisException
+
+from ..student import StudentUnresponsive
+
+
+class CheckFailed(AssertionError):
+    """The student's code did something the contract forbids. The message is for the student."""
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    notebook: str
+    run: Callable
+    gpu: bool = False
+
+
+@dataclass(frozen=True)
+class Verdict:
+    status: str  # "passed", "failed" or "pending"
+    message: str = ""
+
+
+REGISTRY: dict[str, Check] = {}
+
+
+def check(name, notebook, gpu=False):
+    """Register a check function under `name` (the name a hidden-check cell uses)."""
+    def register(function):
+        if name in REGISTRY:
+            raise ValueError(f"two checks are named {name!r}")
+        REGISTRY[name] = Check(name, notebook, function, gpu)
+        return function
+    return register
+
+
+def run_check(name, student, cuda_available=None):
+    """Run one check against one student's code and return its verdict. Never raises."""
+    if name not in REGISTRY:
+        return Verdict("pending", f"the grader has no check named {name!r}; a TA will grade this by hand")
+    registered = REGISTRY[name]
+    if registered.gpu:
+        if cuda_available is None:
+            import torch
+
+            cuda_available = torch.cuda.is_available()
+        if not cuda_available:
+            return Verdict("pending", "this GPU check needs a CUDA device and this grader has none; it "
+                                      "stays pending (neither passed nor failed) until a grader with CUDA runs it")
+    try:
+        registered.run(student)
+    except CheckFailed as failure:
+        return Verdict("failed", str(failure))
+    except StudentUnresponsive as gone:
+        return Verdict("failed", f"Your code could not be checked: {gone}")
+    except Flaky as flaky:
+        return Verdict("failed", "your code gave different results for the same input "
+                                 f"(it must be deterministic): {_first_line(flaky)}")
+    except HypothesisException as err:
+        return Verdict("pending", f"the grader could not finish this check ({_first_line(err)}); "
+                                  "a TA will look at it")
+    except Exception as err:  # noqa: BLE001 - a bug in a check must not cost the student points
+        # The traceback shows check code: it goes to the grader's log, never to feedback.
+        print(f"internal error in check {name}:\n{traceback.format_exc()}", file=sys.stderr)
+        return Verdict("pending", f"the grader hit an internal error in this check "
+                                  f"({type(err).__name__}); a TA will look at it")
+    return Verdict("passed")
+
+
+def _first_line(err):
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
+
+
+def checks_for(notebook):
+    return [c for c in REGISTRY.values() if c.notebook == notebook]
+
+
+# Importing the check modules registers their checks.
+from . import attention  # noqa: E402,F401

@@ -1,0 +1,72 @@
+"""The wire format between the trusted grader and the sandboxed worker.
+
+One message per line, JSON. Tensors travel as plain arrays: dtype, shape and
+base64 of the raw little-endian bytes. There is no pickle in either direction,
+so nothing a student's code returns can run code in the grader.
+
+Both sides import this module. It must only ever *describe* values; the
+trusted side re-checks everything it decodes (see `decode_array`).
+"""
+import base64
+import json
+
+import numpy as np
+
+# dtype name -> numpy dtype of the bytes on the wire. bfloat16 has no numpy
+# dtype: it travels as float32, which holds every bfloat16 value exactly.
+WIRE_DTYPES = {
+    "float16": "<f2", "float32": "<f4", "float64": "<f8", "bfloat16": "<f4",
+    "bool": "|b1", "uint8": "|u1", "int8": "|i1", "int16": "<i2", "int32": "<i4", "int64": "<i8",
+}
+MAX_ARRAY_ELEMENTS = 1 << 22  # far above any generated input; a guard against a flood
+MAX_MESSAGE_BYTES = 64 << 20
+MAX_ITEMS = 64  # items of a returned tuple, list or dict that are described
+MAX_TEXT = 2000  # characters of a repr or an error message that are kept
+
+
+class ProtocolError(Exception):
+    """A message that is not what the protocol allows."""
+
+
+def encode_array(array, dtype_name, **meta):
+    """A numpy array (already in its wire dtype) as a JSON-able dict."""
+    wire = np.ascontiguousarray(array, dtype=WIRE_DTYPES[dtype_name])
+    return {"kind": "tensor", "dtype": dtype_name, "shape": list(wire.shape),
+            "data": base64.b64encode(wire.tobytes()).decode("ascii"), **meta}
+
+
+def decode_array(spec):
+    """Check a tensor description and return its data as a numpy array (or None for 'meta')."""
+    if not isinstance(spec, dict) or spec.get("kind") != "tensor":
+        raise ProtocolError("not a tensor description")
+    dtype_name, shape = spec.get("dtype"), spec.get("shape")
+    if dtype_name not in WIRE_DTYPES:
+        raise ProtocolError(f"unknown dtype {dtype_name!r}")
+    if not isinstance(shape, list) or not all(type(n) is int and 0 <= n for n in shape) or len(shape) > 8:
+        raise ProtocolError(f"bad shape {shape!r}")
+    count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    if count > MAX_ARRAY_ELEMENTS:
+        raise ProtocolError(f"tensor of {count} elements is too large")
+    if spec.get("data") is None:
+        return None
+    raw = base64.b64decode(spec["data"], validate=True)
+    dtype = np.dtype(WIRE_DTYPES[dtype_name])
+    if len(raw) != count * dtype.itemsize:
+        raise ProtocolError("tensor data does not match its shape")
+    return np.frombuffer(raw, dtype=dtype).reshape(shape).copy()
+
+
+def dumps(message):
+    return (json.dumps(message, allow_nan=True, separators=(",", ":")) + "\n").encode("utf-8")
+
+
+def loads(line):
+    if len(line) > MAX_MESSAGE_BYTES:
+        raise ProtocolError("message too large")
+    try:
+        message = json.loads(line)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ProtocolError(f"unreadable message: {err}") from None
+    if not isinstance(message, dict):
+        raise ProtocolError("a message must be a JSON object")
+    return message

@@ -1,0 +1,290 @@
+"""The sandboxed worker: the only part of autograder/ that runs student code.
+
+It starts inside the sandbox (see autograder/sandbox.py), runs the code cells
+of one submitted notebook, then answers requests from the trusted grader:
+"call attention with these arrays", and replies with plain arrays. It reaches
+no verdict; everything it says is treated as the student's return value.
+
+    grader (trusted)                       this process (untrusted)
+    ----------------                       ------------------------
+    {"op": "load", "cells": [...]}   --->  run the student's cells
+    {"op": "call", "function": ...}  --->  call it, describe the result
+                                     <---  {"result": {...arrays...}}
+
+Student code shares this process, so it can tamper with anything here; the
+grader relies only on the values it gets back, and on its own static scan.
+"""
+import math
+import os
+import signal
+
+import numpy as np
+
+try:  # run as a script inside the sandbox, or imported as part of autograder
+    from protocol import MAX_ITEMS, MAX_TEXT, WIRE_DTYPES, decode_array, dumps, encode_array, loads
+except ImportError:  # pragma: no cover - the import path depends on how we are run
+    from .protocol import MAX_ITEMS, MAX_TEXT, WIRE_DTYPES, decode_array, dumps, encode_array, loads
+
+# Ready-made attention a student may not call. Python-level entry points are
+# wrapped with a tripwire; dispatcher-level ops are seen by the op recorder.
+FUSED_ENTRY_POINTS = [
+    ("torch.nn.functional", "scaled_dot_product_attention"),
+    ("torch.nn.functional", "multi_head_attention_forward"),
+    ("torch._C._nn", "scaled_dot_product_attention"),
+]
+FUSED_OP_MARKERS = ("scaled_dot_product", "_safe_softmax", "multi_head_attention", "flash_attention",
+                    "efficient_attention", "_native_multi_head")
+
+
+def _short(text):
+    text = str(text)
+    return text if len(text) <= MAX_TEXT else text[:MAX_TEXT] + " ..."
+
+
+def describe(value, depth=0):
+    """A JSON-able description of whatever a student's function returned."""
+    import torch
+
+    try:
+        if isinstance(value, torch.Tensor):
+            return _describe_tensor(value)
+        if value is None or type(value) in (bool, int, str):
+            return {"kind": "scalar", "value": value if type(value) is not str else _short(value)}
+        if type(value) is float:
+            return {"kind": "scalar", "value": value if math.isfinite(value) else repr(value), "float": True}
+        if isinstance(value, (np.floating, np.integer, np.bool_)):
+            return describe(value.item(), depth)
+        if type(value) in (tuple, list) and depth < 4:
+            return {"kind": "sequence", "type": type(value).__name__, "length": len(value),
+                    "items": [describe(v, depth + 1) for v in value[:MAX_ITEMS]]}
+        if type(value) is dict and depth < 4:
+            items = list(value.items())[:MAX_ITEMS]
+            return {"kind": "mapping", "items": {_short(k): describe(v, depth + 1) for k, v in items}}
+        return {"kind": "object", "type": _short(type(value).__qualname__), "repr": _short(repr(value))}
+    except Exception as err:  # noqa: BLE001 - a value that cannot be described is still an answer
+        return {"kind": "object", "type": "unreadable", "repr": _short(f"{type(err).__name__}: {err}")}
+
+
+def _describe_tensor(tensor):
+    import torch
+
+    dtype = str(tensor.dtype).replace("torch.", "")
+    meta = {"device": str(tensor.device), "requires_grad": bool(tensor.requires_grad),
+            "has_grad_fn": tensor.grad_fn is not None}
+    if dtype not in WIRE_DTYPES:
+        return {"kind": "object", "type": f"Tensor[{dtype}]", "repr": _short(f"tensor of dtype {dtype}")}
+    if tensor.device.type == "meta":
+        return {"kind": "tensor", "dtype": dtype, "shape": list(tensor.shape), "data": None, **meta}
+    data = tensor.detach().to("cpu")
+    if dtype == "bfloat16":
+        data = data.to(torch.float32)
+    return encode_array(data.numpy(), dtype, **meta)
+
+
+def _make_tensor(spec, requires_grad_ok=True):
+    """A torch tensor from a tensor description sent by the grader."""
+    import torch
+
+    array = decode_array(spec)
+    dtype = getattr(torch, spec["dtype"])
+    device = spec.get("device", "cpu")
+    if array is None:
+        tensor = torch.empty(spec["shape"], dtype=dtype, device=device)
+    else:
+        tensor = torch.from_numpy(array.copy()).to(device=device, dtype=dtype)
+    if spec.get("requires_grad") and requires_grad_ok:
+        tensor.requires_grad_(True)
+    return tensor
+
+
+def _make_value(spec):
+    if isinstance(spec, dict) and spec.get("kind") == "tensor":
+        return _make_tensor(spec)
+    if isinstance(spec, dict) and spec.get("kind") == "sequence":
+        items = [_make_value(s) for s in spec["items"]]
+        return tuple(items) if spec.get("type") == "tuple" else items
+    if isinstance(spec, dict) and spec.get("kind") == "scalar":
+        value = spec["value"]
+        return float(value) if spec.get("float") else value
+    raise ValueError(f"cannot build an argument from {spec!r}")
+
+
+class OpRecorder:
+    """Records the dispatcher ops and fused entry points used during one call."""
+
+    def __init__(self):
+        self.seen = set()
+
+    def __enter__(self):
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        recorder = self
+
+        class _Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                name = str(func.name())
+                if any(marker in name for marker in FUSED_OP_MARKERS):
+                    recorder.seen.add(name)
+                return func(*args, **(kwargs or {}))
+
+        self._mode = _Mode()
+        self._mode.__enter__()
+        _TRIPWIRE_HITS.clear()
+        return self
+
+    def __exit__(self, *exc):
+        self._mode.__exit__(*exc)
+        self.seen.update(_TRIPWIRE_HITS)
+        return False
+
+
+_TRIPWIRE_HITS = set()
+
+
+def install_tripwires():
+    """Wrap the Python-level fused attention entry points so a call is noticed."""
+    import importlib
+
+    import torch
+
+    def wrap(owner, name, label):
+        original = getattr(owner, name)
+
+        def tripwire(*args, **kwargs):
+            _TRIPWIRE_HITS.add(label)
+            return original(*args, **kwargs)
+
+        setattr(owner, name, tripwire)
+
+    for module_name, name in FUSED_ENTRY_POINTS:
+        module = importlib.import_module(module_name)
+        if hasattr(module, name):
+            wrap(module, name, f"{module_name}.{name}")
+    wrap(torch.nn.MultiheadAttention, "forward", "torch.nn.MultiheadAttention")
+
+
+class Session:
+    """The student's namespace plus the request handlers. Pure: no I/O here."""
+
+    def __init__(self, namespace, run_cell=None):
+        self.namespace = namespace
+        self.run_cell = run_cell
+
+    def load(self, request):
+        errors = []
+        for index, source in enumerate(request.get("cells", [])):
+            error = self.run_cell(source)
+            if error is not None:
+                errors.append({"cell": index, "error": _short(error)})
+        return {"ok": True, "errors": errors}
+
+    def call(self, request):
+        import torch
+
+        function = self.namespace.get(request["function"])
+        if not callable(function):
+            return {"raised": {"type": "NameError",
+                               "message": f"{request['function']}() is not defined in your notebook"}}
+        args = [_make_value(spec) for spec in request.get("args", [])]
+        kwargs = {key: _make_value(spec) for key, spec in request.get("kwargs", {}).items()}
+        inputs = [a for a in list(args) + list(kwargs.values()) if isinstance(a, torch.Tensor)]
+        snapshots = [t.detach().clone() if t.device.type != "meta" else None for t in inputs]
+        reply = {}
+        recorder = OpRecorder() if request.get("trace") else None
+        try:
+            if recorder:
+                with recorder:
+                    result = function(*args, **kwargs)
+            else:
+                result = function(*args, **kwargs)
+        except BaseException as err:  # noqa: BLE001 - SystemExit from student code is an answer too
+            reply["raised"] = {"type": type(err).__name__, "message": _short(err)}
+            result = None
+        else:
+            reply["result"] = describe(result)
+        if recorder:
+            reply["fused"] = sorted(recorder.seen)
+        reply["inputs_modified"] = [
+            bool(s is not None and (t.shape != s.shape or not torch.equal(t.detach(), s)))
+            for t, s in zip(inputs, snapshots)
+        ]
+        if "raised" not in reply and request.get("grad_outputs") is not None:
+            reply.update(self._backward(result, request["grad_outputs"], inputs))
+        return reply
+
+    @staticmethod
+    def _backward(result, grad_output_specs, inputs):
+        import torch
+
+        outputs = result if isinstance(result, (tuple, list)) else (result,)
+        terms = []
+        for output, spec in zip(outputs, grad_output_specs):
+            if spec is None or not isinstance(output, torch.Tensor) or not output.requires_grad:
+                continue
+            upstream = _make_tensor(spec, requires_grad_ok=False).to(dtype=output.dtype, device=output.device)
+            terms.append((output * upstream).sum())
+        if not terms:
+            return {"grads": [None for _ in inputs], "backward_raised": None}
+        try:
+            sum(terms).backward()
+        except BaseException as err:  # noqa: BLE001
+            return {"grads": [None for _ in inputs],
+                    "backward_raised": {"type": type(err).__name__, "message": _short(err)}}
+        return {"grads": [describe(t.grad) if t.grad is not None else None for t in inputs],
+                "backward_raised": None}
+
+
+def _ipython_runner(namespace_holder):
+    from IPython.core.interactiveshell import InteractiveShell
+    from traitlets.config import Config
+
+    config = Config()
+    config.HistoryManager.enabled = False
+    shell = InteractiveShell.instance(config=config)
+    namespace_holder.append(shell.user_ns)
+
+    def run_cell(source):
+        outcome = shell.run_cell(source, store_history=False, silent=True)
+        err = outcome.error_before_exec or outcome.error_in_exec
+        return None if err is None else f"{type(err).__name__}: {err}"
+
+    return run_cell
+
+
+def main():
+    # The protocol gets private copies of stdin/stdout; what student code prints goes nowhere.
+    proto_in = os.fdopen(os.dup(0), "rb")
+    proto_out = os.fdopen(os.dup(1), "wb")
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # an oversized file write fails instead of killing us
+
+    import torch
+
+    torch.set_num_threads(1)  # the grader runs many workers side by side
+    install_tripwires()
+    holder = []
+    session = Session(namespace={}, run_cell=_ipython_runner(holder))
+    session.namespace = holder[0]
+
+    for line in proto_in:
+        try:
+            request = loads(line)
+            op = request.get("op")
+            if op == "load":
+                reply = session.load(request)
+            elif op == "call":
+                reply = session.call(request)
+            elif op == "ping":
+                reply = {"ok": True}
+            else:
+                reply = {"error": f"unknown op {op!r}"}
+        except BaseException as err:  # noqa: BLE001 - keep serving; the grader decides
+            reply = {"error": _short(f"{type(err).__name__}: {err}")}
+        proto_out.write(dumps(reply))
+        proto_out.flush()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,98 @@
+"""Find calls of ready-made attention in a student's source code, without running it.
+
+Trusted code, and the first line of defence: it reads source text, so nothing
+a student's code does at run time can hide from it. It looks at every name,
+attribute and string (strings glued together with + or join are glued here
+too, so getattr(F, "scaled_dot" + "_product_attention") is found). The
+worker's run-time tripwires are the second line.
+"""
+import ast
+import re
+
+# PyTorch's own spellings (case matters: a student's class MultiHeadAttention is fine).
+FORBIDDEN = (
+    "scaled_dot_product_attention", "_scaled_dot_product", "MultiheadAttention",
+    "multi_head_attention_forward", "_native_multi_head_attention", "flash_attn",
+    "_flash_attention", "_efficient_attention", "_safe_softmax",
+)
+
+
+def _normalise(text):
+    return text.replace(" ", "")
+
+
+def _defined_names(tree):
+    """Names the student's own code defines: using those is not calling PyTorch's attention."""
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            names.add(node.id)
+        elif isinstance(node, ast.arg):
+            names.add(node.arg)
+    return names
+
+
+def _fold(node):
+    """The value of a string expression built from constants, else None."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return node.value
+    if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Mod)):
+        left, right = _fold(node.left), _fold(node.right)
+        return None if left is None or right is None else left + right
+    if isinstance(node, ast.JoinedStr):
+        return "".join(_fold(v) or "" for v in node.values)
+    if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "join"
+            and node.args and isinstance(node.args[0], (ast.List, ast.Tuple))):
+        parts = [_fold(e) for e in node.args[0].elts]
+        return None if None in parts else "".join(parts)
+    return None
+
+
+def _strip_magics(source):
+    # IPython lines (%magic, !shell) are not Python; blank them so the rest parses.
+    return "\n".join("" if line.lstrip().startswith(("%", "!")) else line for line in source.splitlines())
+
+
+def find_forbidden(sources):
+    """[(cell number, line, what was found)] for every use of a ready-made attention."""
+    findings = []
+    trees = []
+    for source in sources:
+        try:
+            trees.append(ast.parse(_strip_magics(source)))
+        except SyntaxError:
+            trees.append(None)
+    own = set().union(*(_defined_names(t) for t in trees if t is not None))
+    for cell_number, (source, tree) in enumerate(zip(sources, trees), start=1):
+        if tree is None:
+            # Not parseable: fall back to the text with quotes, + and spaces removed.
+            squashed = re.sub(r"[\s'\"+,]", "", source)
+            findings += [(cell_number, 0, word) for word in FORBIDDEN if word in squashed]
+            continue
+        docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                      if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Module))
+                      and node.body and isinstance(node.body[0], ast.Expr)
+                      and isinstance(node.body[0].value, ast.Constant)}
+        for node in ast.walk(tree):
+            if id(node) in docstrings:
+                continue
+            texts = []
+            if isinstance(node, ast.Name):
+                if node.id not in own:
+                    texts.append(node.id)
+            elif isinstance(node, ast.Attribute):
+                texts.append(node.attr)
+            elif isinstance(node, ast.alias):
+                texts.append(node.name)
+                texts.append(node.asname or "")
+            else:
+                folded = _fold(node)
+                if folded is not None:
+                    texts.append(folded)
+            for text in texts:
+                for word in FORBIDDEN:
+                    if word in _normalise(text):
+                        findings.append((cell_number, getattr(node, "lineno", 0), word))
+    return sorted(set(findings))

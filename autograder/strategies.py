@@ -1,0 +1,173 @@
+"""Hypothesis strategies for the hidden checks, and the grading profile.
+
+Trusted code. Hypothesis draws the *shapes*, flags and a seed; the tensor
+values come from that seed. So a failing case shrinks to the smallest shapes,
+which is what a student needs to see ("attention(Q[1, 0, 2], ...)").
+
+Every student gets the same examples: the profile is derandomized and keeps
+no example database.
+"""
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from hypothesis import HealthCheck, Phase, Verbosity, settings
+from hypothesis import strategies as st
+
+import course_config
+
+settings.register_profile(
+    "grading",
+    derandomize=True,
+    database=None,
+    max_examples=course_config.HYPOTHESIS_MAX_EXAMPLES,
+    deadline=None,  # time is limited per call by the grader, not by hypothesis
+    suppress_health_check=list(HealthCheck),
+    report_multiple_bugs=False,
+    verbosity=Verbosity.quiet,
+    phases=[Phase.explicit, Phase.generate, Phase.shrink],
+    print_blob=False,
+)
+GRADING = settings.get_profile("grading")
+
+DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32,
+          "float64": torch.float64}
+
+
+def random_values(seed, shape, dtype=torch.float32, magnitude=1.0):
+    """Seeded normal values, rounded to `dtype` (the reference uses the rounded values)."""
+    values = np.random.default_rng(seed).standard_normal(tuple(shape)) * magnitude
+    return torch.from_numpy(values).to(dtype)
+
+
+@dataclass
+class AttentionCase:
+    """One set of inputs for attention(), with a description in the student's terms."""
+    Q: torch.Tensor
+    K: torch.Tensor
+    V: torch.Tensor
+    mask: torch.Tensor | None = None
+    scale: bool = True
+    seed: int = 0
+
+    def kwargs(self):
+        return {"mask": self.mask, "scale": self.scale}
+
+    def describe(self):
+        parts = [_shape_text("Q", self.Q), _shape_text("K", self.K), _shape_text("V", self.V)]
+        if self.mask is not None:
+            parts.append("mask=" + _shape_text(str(self.mask.dtype).replace("torch.", ""), self.mask))
+        if not self.scale:
+            parts.append("scale=False")
+        call = f"attention({', '.join(parts)})"
+        return call + _values_text(self)
+
+    def __repr__(self):  # what hypothesis would print
+        return self.describe()
+
+
+def _shape_text(name, tensor):
+    return f"{name}{list(tensor.shape)}"
+
+
+def _values_text(case, limit=12):
+    """Small inputs are shown in full: a student can rerun them."""
+    tensors = {"Q": case.Q, "K": case.K, "V": case.V}
+    if case.mask is not None:
+        tensors["mask"] = case.mask
+    if any(t.numel() > limit for t in tensors.values()):
+        return f"  (values: seeded normal, seed {case.seed})"
+    lines = []
+    for name, t in tensors.items():
+        values = t.tolist() if t.dtype == torch.bool else t.to(torch.float64).round(decimals=4).tolist()
+        lines.append(f"\n    {name} = torch.tensor({values}, dtype={t.dtype})")
+    return "  with" + "".join(lines)
+
+
+def fixed_case(q_shape, k_shape, v_shape, mask=None, scale=True, seed=0, dtype=torch.float32, magnitude=1.0):
+    """A pinned case for @example: shapes given, values from the seed."""
+    return AttentionCase(random_values(seed, q_shape, dtype, magnitude),
+                         random_values(seed + 1, k_shape, dtype, magnitude),
+                         random_values(seed + 2, v_shape, dtype, magnitude), mask, scale, seed)
+
+
+@st.composite
+def batch_shapes(draw, min_rank=1, max_rank=2, min_size=1):
+    """Leading dimensions: [B] for 3-D inputs, [B, H] for 4-D inputs."""
+    rank = draw(st.integers(min_rank, max_rank))
+    sizes = [course_config.MAX_BATCH, course_config.MAX_HEADS][:rank]
+    return tuple(draw(st.integers(min_size, size)) for size in sizes)
+
+
+@st.composite
+def broadcast_variant(draw, batch):
+    """A shape that broadcasts to `batch` as in torch.matmul: some dims 1, some leading dims dropped."""
+    drop = draw(st.integers(0, len(batch)))
+    kept = batch[drop:]
+    return tuple(1 if draw(st.booleans()) and n > 1 else n for n in kept)
+
+
+@st.composite
+def attention_inputs(draw, dtype=torch.float32, min_len=1, mask_kind=None, broadcast=True,
+                     magnitude=1.0, min_batch=1):
+    """Q, K, V (3-D or 4-D, L != S allowed, maybe broadcast leading dims) and maybe a mask."""
+    batch = draw(batch_shapes(min_size=min_batch))
+    q_batch = batch
+    kv_batch = draw(broadcast_variant(batch)) if broadcast and draw(st.booleans()) else batch
+    if broadcast and kv_batch == batch and draw(st.booleans()):
+        q_batch = draw(broadcast_variant(batch))
+    L = draw(st.integers(min_len, course_config.MAX_SEQ_LEN))
+    S = draw(st.integers(min_len, course_config.MAX_SEQ_LEN))
+    d_k = draw(st.integers(1, course_config.MAX_HEAD_DIM))
+    d_v = draw(st.integers(1, course_config.MAX_HEAD_DIM))
+    seed = draw(st.integers(0, 2**31 - 1))
+    scale = draw(st.booleans())
+    case = fixed_case((*q_batch, L, d_k), (*kv_batch, S, d_k), (*kv_batch, S, d_v), scale=scale,
+                      seed=seed, dtype=dtype, magnitude=magnitude)
+    if mask_kind is not None:
+        scores_shape = torch.broadcast_shapes(q_batch, kv_batch) + (L, S)
+        case.mask = draw(masks_for(scores_shape, mask_kind, dtype=dtype))
+    return case
+
+
+@st.composite
+def mask_shapes(draw, scores_shape, keep_rows=False):
+    """A shape that broadcasts to `scores_shape` = [..., L, S]: [S], [L, S], [B, L, S], [B, 1, S], ..."""
+    lead, (L, S) = scores_shape[:-2], scores_shape[-2:]
+    if keep_rows:
+        row_part = (L, S)
+    else:
+        row_part = draw(st.sampled_from([(S,), (1, S), (L, S)]))
+    if len(row_part) < 2:
+        return row_part
+    drop = draw(st.integers(0, len(lead)))
+    kept = tuple(1 if draw(st.booleans()) else n for n in lead[drop:])
+    return kept + row_part
+
+
+@st.composite
+def masks_for(draw, scores_shape, kind, dtype=torch.float32):
+    """A mask for scores of `scores_shape`.
+
+    kind "bool": True = may attend; "float": finite biases and some -inf;
+    "fully_masked_bool" / "fully_masked_float": some query rows block every key.
+    Outside the fully_masked kinds every row keeps at least one key.
+    """
+    fully = kind.startswith("fully_masked")
+    shape = draw(mask_shapes(scores_shape, keep_rows=fully))
+    rng = np.random.default_rng(draw(st.integers(0, 2**31 - 1)))
+    allowed = rng.random(shape) < 0.7
+    allowed[..., rng.integers(0, shape[-1])] = True  # no accidental fully masked rows
+    if fully:
+        rows = allowed.reshape(-1, shape[-2], shape[-1])
+        blocked = rng.random(rows.shape[:2]) < 0.4
+        blocked[:, rng.integers(0, shape[-2])] = True  # at least one fully masked row
+        rows[blocked] = False
+        allowed = rows.reshape(shape)
+    allowed = torch.from_numpy(allowed)
+    if kind in ("bool", "fully_masked_bool"):
+        return allowed
+    biases = torch.from_numpy(rng.uniform(-2.0, 2.0, shape)).to(dtype)
+    if kind == "fully_masked_float":
+        biases = torch.zeros(shape, dtype=dtype)
+    return biases.masked_fill(~allowed, float("-inf"))

@@ -1,0 +1,274 @@
+"""The grader's handle on a student's code: call a function, get plain values back.
+
+Trusted code. `SandboxedStudent` runs the student's notebook code in a
+sandboxed worker process (autograder/sandboxed_worker/) and talks to it over a
+pipe with the JSON protocol; `InProcessStudent` calls the functions of the
+instructor's own kernel (for `hidden_check` in source notebooks). Checks see
+the same `Outcome` either way.
+"""
+import json
+import os
+import select
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+import course_config
+
+from .sandbox import apply_limits, sandbox_environment, worker_command
+from .sandboxed_worker import protocol
+from .sandboxed_worker.worker import Session, describe
+
+
+class StudentUnresponsive(BaseException):
+    """The student's code hung, died or broke the protocol.
+
+    A BaseException, not an Exception: hypothesis then stops at once instead
+    of trying to shrink a hang (each try would cost a full time-out).
+    """
+
+
+@dataclass
+class Returned:
+    """A tensor a student's function returned, as the grader sees it."""
+    array: np.ndarray | None  # None for tensors on the 'meta' device
+    dtype: str
+    shape: tuple
+    device: str
+    requires_grad: bool = False
+    has_grad_fn: bool = False
+
+    def as_float64(self):
+        return torch.from_numpy(self.array.astype(np.float64))
+
+
+@dataclass
+class Opaque:
+    """Anything else a student's function returned: its type and repr, nothing more."""
+    type: str
+    repr: str
+
+
+@dataclass
+class Outcome:
+    """What one call of a student's function did."""
+    value: object = None
+    raised: tuple | None = None  # (exception type name, message)
+    grads: list = field(default_factory=list)  # per tensor argument: Returned or None
+    backward_raised: tuple | None = None
+    inputs_modified: list = field(default_factory=list)
+    fused: list = field(default_factory=list)
+
+
+def decode_value(spec):
+    """Rebuild a described value on the trusted side; anything unexpected becomes Opaque."""
+    if not isinstance(spec, dict):
+        return Opaque("unreadable", repr(spec)[:200])
+    kind = spec.get("kind")
+    if kind == "tensor":
+        return Returned(protocol.decode_array(spec), spec["dtype"], tuple(spec["shape"]),
+                        str(spec.get("device", "?")), bool(spec.get("requires_grad")),
+                        bool(spec.get("has_grad_fn")))
+    if kind == "scalar":
+        value = spec.get("value")
+        if spec.get("float"):
+            return float(value)
+        return value if value is None or type(value) in (bool, int, float, str) else Opaque("scalar", repr(value))
+    if kind == "sequence":
+        items = tuple(decode_value(item) for item in spec.get("items", []))
+        return items if spec.get("type") == "tuple" else list(items)
+    if kind == "mapping":
+        return {str(k): decode_value(v) for k, v in dict(spec.get("items", {})).items()}
+    return Opaque(str(spec.get("type", "object"))[:200], str(spec.get("repr", ""))[:2000])
+
+
+def encode_argument(value, requires_grad=False, device="cpu"):
+    """Describe an argument for the worker: tensors keep their dtype; grad and device ride along."""
+    if isinstance(value, torch.Tensor):
+        spec = describe(value.detach())
+        spec.update(requires_grad=bool(requires_grad and value.is_floating_point()), device=device)
+        return spec
+    return describe(value)
+
+
+def _decode_outcome(reply):
+    if "error" in reply:
+        raise StudentUnresponsive(f"the worker could not run the call: {reply['error']}")
+    raised = reply.get("raised")
+    backward = reply.get("backward_raised")
+    return Outcome(
+        value=decode_value(reply.get("result")) if raised is None else None,
+        raised=(str(raised["type"]), str(raised["message"])) if raised else None,
+        grads=[decode_value(g) if g is not None else None for g in reply.get("grads", [])],
+        backward_raised=(str(backward["type"]), str(backward["message"])) if backward else None,
+        inputs_modified=[bool(m) for m in reply.get("inputs_modified", [])],
+        fused=[str(f) for f in reply.get("fused", [])],
+    )
+
+
+class StudentCode:
+    """What checks use: `call(...)` and `sources` (the student's code, for static checks)."""
+
+    sources: list
+
+    def call(self, function, *args, grad=(), grad_outputs=None, trace=False, tensor_device="cpu", **kwargs):
+        """Call the student's `function`. `grad` names the positional arguments that require grad;
+        `grad_outputs` (one tensor or None per returned tensor) asks for a backward pass;
+        tensor arguments are sent to `tensor_device`."""
+        request = {
+            "op": "call", "function": function, "trace": trace,
+            "args": [encode_argument(a, i in grad, tensor_device) for i, a in enumerate(args)],
+            "kwargs": {k: encode_argument(v, False, tensor_device) for k, v in kwargs.items()},
+            "grad_outputs": None if grad_outputs is None else
+            [None if g is None else encode_argument(g) for g in grad_outputs],
+        }
+        return _decode_outcome(self._request(request, course_config.CALL_TIMEOUT_S))
+
+    def _request(self, message, timeout):
+        raise NotImplementedError
+
+    def close(self):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+
+class InProcessStudent(StudentCode):
+    """The functions of the current (instructor's) kernel. No sandbox: trusted notebooks only."""
+
+    def __init__(self, namespace, sources=()):
+        self.session = Session(namespace)
+        self.sources = list(sources)
+
+    def _request(self, message, timeout):
+        # The same JSON round trip as the worker, so both paths see identical values.
+        reply = self.session.call(json.loads(protocol.dumps(message)))
+        return protocol.loads(protocol.dumps(reply))
+
+
+class SandboxedStudent(StudentCode):
+    """A student's notebook code, loaded into a sandboxed worker process.
+
+    The worker starts on first use. If a call hangs or the worker dies, it is
+    killed (with every process it started) and `StudentUnresponsive` is
+    raised; the next call starts a fresh worker. If loading the notebook code
+    itself hangs or fails to start, every later call fails at once with that
+    reason, so a broken submission costs one time-out, not one per check.
+    """
+
+    def __init__(self, cells, sources=None):
+        self.cells = list(cells)
+        self.sources = list(sources if sources is not None else cells)
+        self.load_errors = []
+        self.broken = None  # why this student's code cannot be called at all
+        self._process = None
+        self._buffer = b""
+
+    def _request(self, message, timeout):
+        if self.broken:
+            raise StudentUnresponsive(self.broken)
+        if self._process is None:
+            self._start()
+        try:
+            self._send(message)
+            reply = self._receive(time.monotonic() + timeout)
+        except TimeoutError:
+            self._kill()
+            raise StudentUnresponsive(f"did not return within {timeout} s (time limit per call)") from None
+        except (EOFError, BrokenPipeError, OSError):
+            code, _ = self._kill()
+            raise StudentUnresponsive(f"the process running your code died ({_exit_reason(code)})") from None
+        except protocol.ProtocolError as err:
+            self._kill()
+            raise StudentUnresponsive(f"your code broke the grader's channel: {err}") from None
+        return reply
+
+    def _start(self):
+        self._buffer = b""
+        try:
+            self._process = subprocess.Popen(
+                worker_command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE, env=sandbox_environment(), start_new_session=True,
+                preexec_fn=apply_limits, bufsize=0)
+        except OSError as err:
+            self.broken = f"the sandbox could not start: {err}"
+            raise StudentUnresponsive(self.broken) from None
+        try:
+            self._send({"op": "load", "cells": self.cells})
+            reply = self._receive(time.monotonic() + course_config.WORKER_START_TIMEOUT_S)
+        except TimeoutError:
+            self._kill()
+            self.broken = (f"your notebook's code did not finish running within "
+                           f"{course_config.WORKER_START_TIMEOUT_S} s, so its functions could not be called")
+            raise StudentUnresponsive(self.broken) from None
+        except (EOFError, BrokenPipeError, OSError, protocol.ProtocolError):
+            code, detail = self._kill()
+            self.broken = (f"the process running your notebook's code died while loading it "
+                           f"({_exit_reason(code)})" + (f": {detail}" if detail else ""))
+            raise StudentUnresponsive(self.broken) from None
+        self.load_errors = reply.get("errors", [])
+
+    def _send(self, message):
+        self._process.stdin.write(protocol.dumps(message))
+        self._process.stdin.flush()
+
+    def _receive(self, deadline):
+        stdout = self._process.stdout
+        while b"\n" not in self._buffer:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not select.select([stdout], [], [], remaining)[0]:
+                raise TimeoutError
+            chunk = os.read(stdout.fileno(), 1 << 20)
+            if not chunk:
+                raise EOFError
+            self._buffer += chunk
+            if len(self._buffer) > protocol.MAX_MESSAGE_BYTES:
+                raise protocol.ProtocolError("reply too large")
+        line, _, self._buffer = self._buffer.partition(b"\n")
+        return protocol.loads(line)
+
+    def _kill(self):
+        """Kill the worker and everything it started; return (exit code, the end of its stderr)."""
+        process, self._process = self._process, None
+        if process is None:
+            return None, ""
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        try:
+            code = process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            code = None
+        try:  # the worker writes nothing to stderr once student code runs: this is bwrap's or Python's
+            stderr = process.stderr.read(64_000).decode("utf-8", "replace").strip()[-500:]
+        except (OSError, ValueError):
+            stderr = ""
+        for pipe in (process.stdin, process.stdout, process.stderr):
+            try:
+                pipe.close()
+            except OSError:
+                pass
+        return code, stderr
+
+    def close(self):
+        self._kill()
+
+
+def _exit_reason(code):
+    if code is None:
+        return "no exit status"
+    if code < 0:
+        name = signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else str(-code)
+        hint = " (out of memory?)" if -code == signal.SIGKILL else ""
+        return f"killed by {name}{hint}"
+    return f"exit status {code}"

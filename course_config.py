@@ -1,0 +1,110 @@
+"""The Attention Surgeon: the one nbgrader configuration and the course policy.
+
+Two ways this file is read:
+
+* nbgrader loads it as a config file (every make target passes
+  ``--config=course_config.py``; a JupyterHub formgrader loads it with
+  ``load_subconfig``, see README.md). Then ``get_config()`` exists.
+* the autograder and the tests ``import course_config`` for the policy values
+  below. Then ``c`` is a plain traitlets ``Config`` with the same settings.
+
+Change a limit here, not in the modules that use it.
+"""
+import os
+from pathlib import Path
+
+# ---------------------------------------------------------------------------
+# The course
+# ---------------------------------------------------------------------------
+COURSE_ROOT = Path(__file__).resolve().parent
+COURSE_ID = "attention-surgeon"
+ASSIGNMENT = "attention_surgeon"
+
+# ---------------------------------------------------------------------------
+# Grading policy (the trusted autograder reads these)
+# ---------------------------------------------------------------------------
+# Wall-clock limit for one call of a student's function by a hidden check.
+# A plain Python-loop attention on the largest generated input takes well
+# under a second; 10 s leaves room for a slow, loaded grading host.
+CALL_TIMEOUT_S = 10
+# Wall-clock limit for loading a student's notebook code into the worker
+# (importing torch and running their cells once).
+WORKER_START_TIMEOUT_S = 120
+# Wall-clock limit for one executed notebook cell in the student's kernel.
+CELL_TIMEOUT_S = 120
+# Memory cap (address space) for every process that runs student code.
+# torch reserves ~1.5 GB of address space on import; 6 GiB leaves room for
+# the notebooks while stopping a memory hog long before it hurts the host.
+MEMORY_LIMIT_MB = 6144
+# Process cap for the sandbox that runs student code (threads count too:
+# torch starts one per core).
+MAX_PROCESSES = 256
+# What student code may print into a notebook (per cell) and into feedback.
+OUTPUT_MAX_LINES = 1000
+OUTPUT_MAX_CHARS = 10_000
+# Submissions graded at once by `make autograde`.
+GRADING_PARALLELISM = max(1, os.cpu_count() or 1)
+# Student code runs under bubblewrap. "required": refuse to grade when the
+# sandbox cannot start. "off": explicit opt-out (a trusted test machine only).
+SANDBOX = os.environ.get("ATTENTION_SURGEON_SANDBOX", "required")
+# GPU-tagged checks on a grader without CUDA are recorded as pending (neither
+# passed nor failed); a later `make autograde` on a CUDA host fills them in.
+GPU_CHECKS_WITHOUT_CUDA = "pending"
+
+# Hypothesis: every student gets the same examples (see autograder/strategies.py).
+HYPOTHESIS_MAX_EXAMPLES = 40
+# Generated tensors stay small so a plainly written loop implementation
+# passes well inside CALL_TIMEOUT_S: the hidden suite grades correctness.
+MAX_BATCH = 3
+MAX_HEADS = 3
+MAX_SEQ_LEN = 7
+MAX_HEAD_DIM = 8
+
+# ---------------------------------------------------------------------------
+# nbgrader
+# ---------------------------------------------------------------------------
+try:
+    c = get_config()  # noqa: F821  (defined when nbgrader loads this file)
+except NameError:  # imported as a module by autograder/ and tests/
+    from traitlets.config import Config
+
+    c = Config()
+
+c.CourseDirectory.course_id = COURSE_ID
+c.CourseDirectory.root = str(COURSE_ROOT)
+c.CourseDirectory.source_directory = "source"
+c.CourseDirectory.release_directory = "release"
+c.CourseDirectory.solution_directory = "solutions"
+c.CourseDirectory.submitted_directory = "submitted"
+c.CourseDirectory.autograded_directory = "autograded"
+c.CourseDirectory.feedback_directory = "feedback"
+c.CourseDirectory.db_assignments = [dict(name=ASSIGNMENT)]
+# A long SQLite busy timeout: parallel autograde processes share the gradebook.
+c.CourseDirectory.db_url = f"sqlite:///{COURSE_ROOT / 'gradebook.db'}?timeout=300"
+c.CourseDirectory.ignore = [".ipynb_checkpoints", "*.pyc", "__pycache__", "feedback"]
+
+# Students get their notebooks without outputs; the assignment is the notebooks.
+c.ClearSolutions.code_stub = {"python": "# YOUR CODE HERE\nraise NotImplementedError()"}
+c.ClearSolutions.text_stub = "YOUR ANSWER HERE"
+
+c.Execute.timeout = CELL_TIMEOUT_S
+c.Execute.interrupt_on_timeout = True
+c.LimitOutput.max_lines = OUTPUT_MAX_LINES
+c.LimitOutput.max_length = OUTPUT_MAX_CHARS
+# A student who deletes or retypes a test cell gets it back from the gradebook.
+c.OverwriteCells.add_missing_cells = True
+
+# The trusted autograder: hidden checks are decided outside the student's
+# kernel (autograder/pipeline.py). The list is nbgrader's default with our
+# steps added; see the docstrings there.
+c.Autograde.autograde_preprocessors = [
+    "autograder.pipeline.SandboxedExecute",
+    "nbgrader.preprocessors.IgnorePattern",
+    "nbconvert.preprocessors.ClearMetadataPreprocessor",
+    "nbgrader.preprocessors.LimitOutput",
+    "autograder.pipeline.TrustedChecks",
+    "nbgrader.preprocessors.SaveAutoGrades",
+    "autograder.pipeline.RecordPendingChecks",
+    "nbgrader.preprocessors.AssignLatePenalties",
+    "nbgrader.preprocessors.CheckCellMetadata",
+]
