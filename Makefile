@@ -7,11 +7,11 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 # nbgrader runs `alembic` as a subprocess: the venv's bin must be on PATH.
+# nbgrader reads nbgrader_config.py in this directory, which includes course_config.py.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export PYTHONPATH := $(CURDIR)
 export MPLBACKEND := Agg
 NBGRADER := $(VENV)/bin/nbgrader
-NBCONFIG := --config=$(CURDIR)/course_config.py
 ASSIGNMENT := attention_surgeon
 
 .PHONY: venv release validate autograde feedback export test gpu-check lab clean-grading
@@ -31,17 +31,17 @@ release: venv
 # Student: the public tests of one notebook, e.g. make validate NB=release/attention_surgeon/01_attention_from_scratch.ipynb
 validate: venv
 	@test -n "$(NB)" || { echo "usage: make validate NB=path/to/notebook.ipynb"; exit 2; }
-	$(NBGRADER) validate $(NBCONFIG) "$(NB)"
+	$(NBGRADER) validate "$(NB)"
 
 # Grader: every submission under submitted/<student>/$(ASSIGNMENT)/ -> gradebook, autograded/, feedback/, grades.csv
 autograde: venv
 	$(PY) -m autograder.grade_submissions
 
 feedback: venv
-	$(NBGRADER) generate_feedback $(NBCONFIG) $(ASSIGNMENT) --force
+	$(NBGRADER) generate_feedback $(ASSIGNMENT) --force
 
 export: venv
-	$(NBGRADER) export $(NBCONFIG) --to=grades.csv
+	$(NBGRADER) export --to=grades.csv
 
 test: venv
 	$(PY) -m pytest

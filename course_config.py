@@ -2,9 +2,9 @@
 
 Two ways this file is read:
 
-* nbgrader loads it as a config file (every make target passes
-  ``--config=course_config.py``; a JupyterHub formgrader loads it with
-  ``load_subconfig``, see README.md). Then ``get_config()`` exists.
+* nbgrader loads it as a config file: nbgrader_config.py in the course root
+  includes it, and every make target runs nbgrader there; a JupyterHub
+  formgrader includes it the same way (README.md). Then ``get_config()`` exists.
 * the autograder and the tests ``import course_config`` for the policy values
   below. Then ``c`` is a plain traitlets ``Config`` with the same settings.
 
@@ -42,6 +42,8 @@ MAX_PROCESSES = 256
 # What student code may print into a notebook (per cell) and into feedback.
 OUTPUT_MAX_LINES = 1000
 OUTPUT_MAX_CHARS = 10_000
+# Wall-clock limit for grading one whole submission (all its notebooks).
+SUBMISSION_TIMEOUT_S = 900
 # Submissions graded at once by `make autograde`.
 GRADING_PARALLELISM = max(1, os.cpu_count() or 1)
 # Student code runs under bubblewrap. "required": refuse to grade when the
@@ -81,7 +83,7 @@ c.CourseDirectory.feedback_directory = "feedback"
 c.CourseDirectory.db_assignments = [dict(name=ASSIGNMENT)]
 # A long SQLite busy timeout: parallel autograde processes share the gradebook.
 c.CourseDirectory.db_url = f"sqlite:///{COURSE_ROOT / 'gradebook.db'}?timeout=300"
-c.CourseDirectory.ignore = [".ipynb_checkpoints", "*.pyc", "__pycache__", "feedback"]
+c.CourseDirectory.ignore = [".ipynb_checkpoints", "*.pyc", "__pycache__", "feedback", ".hypothesis"]
 
 # Students get their notebooks without outputs; the assignment is the notebooks.
 c.ClearSolutions.code_stub = {"python": "# YOUR CODE HERE\nraise NotImplementedError()"}
@@ -107,4 +109,14 @@ c.Autograde.autograde_preprocessors = [
     "autograder.pipeline.RecordPendingChecks",
     "nbgrader.preprocessors.AssignLatePenalties",
     "nbgrader.preprocessors.CheckCellMetadata",
+]
+
+# solutions/ is the instructor's reference: the source notebooks as nbgrader's
+# generate_solution writes them, not executed (so the committed files are
+# stable; the test suite executes them).
+c.GenerateSolution.preprocessors = [
+    "nbgrader.preprocessors.IncludeHeaderFooter",
+    "nbgrader.preprocessors.LockCells",
+    "nbgrader.preprocessors.ClearOutput",
+    "nbgrader.preprocessors.ClearMarkScheme",
 ]

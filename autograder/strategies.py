@@ -13,8 +13,12 @@ import numpy as np
 import torch
 from hypothesis import HealthCheck, Phase, Verbosity, settings
 from hypothesis import strategies as st
+from hypothesis.configuration import set_hypothesis_home_dir
 
 import course_config
+
+# Hypothesis keeps a small cache; keep it in one ignored place, not beside each notebook.
+set_hypothesis_home_dir(course_config.COURSE_ROOT / ".hypothesis")
 
 settings.register_profile(
     "grading",

@@ -311,6 +311,7 @@ def attention_no_fused_kernels(student):
     for case in (fixed_case((2, 3, 4), (2, 5, 4), (2, 5, 2)),
                  fixed_case((1, 2, 3, 4), (1, 2, 3, 4), (1, 2, 3, 4), mask=torch.ones(3, 3, dtype=torch.bool).tril())):
         outcome = call_attention(student, case, trace=True)
+        expect_pair(outcome, case.describe())  # an attention that does not run cannot earn this
         if outcome.fused:
             raise CheckFailed(f"{case.describe()}\n  ran PyTorch's ready-made attention "
                               f"({', '.join(outcome.fused[:3])}); build it from matmul and softmax yourself")

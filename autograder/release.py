@@ -1,0 +1,75 @@
+"""`make release`: student notebooks and solutions from source/, then the leak check.
+
+    source/<assignment>/*.ipynb --nbgrader generate_assignment--> release/<assignment>/
+                                --nbgrader generate_solution---> solutions/<assignment>/
+
+The leak check refuses the release if any line of a solution block or any
+hidden-check code made it into release/.
+"""
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+
+import course_config
+
+from .nbgrader_cli import run_nbgrader
+
+HIDDEN_MARKERS = ("BEGIN HIDDEN TESTS", "END HIDDEN TESTS", "hidden_check", "import autograder",
+                  "from autograder")
+MIN_LEAK_LINE = 12  # shorter solution lines ("return scores") may legitimately appear elsewhere
+
+
+def solution_lines(source_nb):
+    """Every non-trivial line inside a ### BEGIN SOLUTION ... ### END SOLUTION block."""
+    lines = set()
+    for cell in source_nb.cells:
+        inside = False
+        for line in cell.source.splitlines():
+            stripped = line.strip()
+            if "BEGIN SOLUTION" in stripped:
+                inside = True
+            elif "END SOLUTION" in stripped:
+                inside = False
+            elif inside and len(stripped) >= MIN_LEAK_LINE:
+                lines.add(stripped)
+    return lines
+
+
+def find_leaks(source_dir, release_dir):
+    """[(release notebook, leaked line)] for every solution or hidden-check line found in release/."""
+    leaks = []
+    for source_path in sorted(Path(source_dir).glob("*.ipynb")):
+        release_path = Path(release_dir) / source_path.name
+        if not release_path.exists():
+            leaks.append((release_path, "(missing: no release version of this notebook)"))
+            continue
+        secret = solution_lines(nbformat.read(source_path, as_version=4))
+        for cell in nbformat.read(release_path, as_version=4).cells:
+            for line in cell.source.splitlines():
+                stripped = line.strip()
+                if stripped in secret or any(marker in stripped for marker in HIDDEN_MARKERS):
+                    leaks.append((release_path, stripped))
+    return leaks
+
+
+def main():
+    started = time.monotonic()
+    assignment = course_config.ASSIGNMENT
+    root = course_config.COURSE_ROOT
+    run_nbgrader("generate_assignment", assignment, "--force")
+    run_nbgrader("generate_solution", assignment, "--force")
+    leaks = find_leaks(root / "source" / assignment, root / "release" / assignment)
+    if leaks:
+        print("RELEASE REFUSED: solution or hidden-check lines in release/:", file=sys.stderr)
+        for path, line in leaks:
+            print(f"  {path.relative_to(root)}: {line}", file=sys.stderr)
+        return 1
+    print(f"release/{assignment} and solutions/{assignment} are up to date; no leaks "
+          f"({time.monotonic() - started:.1f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
