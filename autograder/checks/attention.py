@@ -124,6 +124,8 @@ def expect_gradients_match(student, case, rows=None):
     _, _, low_grads = reference_with_grads(case.Q, case.K, case.V, case.mask, case.scale, g_out, g_weights,
                                            dtype=case.Q.dtype)
     for name, got, ref, low in zip(("Q.grad", "K.grad", "V.grad"), outcome.grads, ref_grads, low_grads):
+        if got is None and bool((ref == 0).all()):
+            continue  # PyTorch leaves .grad None where the true gradient is zero: both are right
         if got is None:
             raise CheckFailed(f"{call_text}\n  {name} is None: no gradient reached {name[0]}")
         got = expect_tensor(got, name, call_text)

@@ -68,6 +68,7 @@ def expect_close(got, expected, tol, name, call_text):
 
 def expect_exactly_zero(got, rows, name, call_text, what_rows="fully masked rows"):
     """Entries of `got` selected by the bool `rows` mask ([..., L]) are exactly 0."""
+    expect_shape(got, tuple(rows.shape) + tuple(got.shape[rows.dim():]), name, call_text)
     values = torch.from_numpy(got.array.astype(np.float64))
     selected = values[rows]
     if selected.numel() and not bool((selected == 0).all()):

@@ -1,0 +1,84 @@
+"""Shared fixtures: a private copy of the course per test, driven through `make` like a user would."""
+import csv
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+COURSE_FILES = ["course_config.py", "nbgrader_config.py", "Makefile", "requirements.lock", "requirements.txt",
+                "autograder", "source", "release", "solutions", "tests"]
+
+
+def _copy(src, dst):
+    if src.is_dir():
+        shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__", ".hypothesis", ".ipynb_checkpoints"))
+    else:
+        shutil.copy2(src, dst)  # keep mtimes: make must not think the venv is stale
+
+
+@pytest.fixture
+def course(tmp_path):
+    """A copy of the course in a temporary folder: its own gradebook, submitted/, feedback/.
+
+    It shares the repository's .venv (a symlink), so nothing is reinstalled.
+    """
+    root = tmp_path / "course"
+    root.mkdir()
+    for name in COURSE_FILES:
+        _copy(ROOT / name, root / name)
+    (root / ".venv").symlink_to(ROOT / ".venv")
+    return root
+
+
+def user_env():
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST", "PYTHON"))}
+    env.pop("ATTENTION_SURGEON_SANDBOX", None)  # grade as the hub does: sandbox required
+    return env
+
+
+def make(course_root, *targets, timeout=900, check=True):
+    """Run `make <targets>` in a course folder, as a user would."""
+    result = subprocess.run(["make", "-o", ".venv/.installed", *targets], cwd=course_root, env=user_env(),
+                            capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"make {' '.join(targets)} failed ({result.returncode}):\n"
+                             f"{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
+    return result
+
+
+def read_grades(course_root):
+    """grades.csv -> {student: raw score}."""
+    with open(Path(course_root) / "grades.csv", newline="") as f:
+        return {row["student_id"]: float(row["raw_score"]) for row in csv.DictReader(f)}
+
+
+def tree_digest(folder):
+    """{relative path: (size, mtime_ns, sha256)} of every file below `folder`."""
+    import hashlib
+
+    digest = {}
+    for path in sorted(Path(folder).rglob("*")):
+        if path.is_file():
+            stat = path.stat()
+            digest[str(path.relative_to(folder))] = (stat.st_size, stat.st_mtime_ns,
+                                                     hashlib.sha256(path.read_bytes()).hexdigest())
+    return digest
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Print the mutation suite's kill rate (works with xdist: reports reach the controller)."""
+    killed = total = 0
+    for outcome in ("passed", "failed"):
+        for report in terminalreporter.stats.get(outcome, []):
+            if "test_mutant_loses_points" in report.nodeid and report.when == "call":
+                total += 1
+                killed += outcome == "passed"
+    if total:
+        terminalreporter.write_line(f"mutation kill rate: {killed}/{total} plausible bugs lose points "
+                                    f"({100 * killed / total:.0f}%)")

@@ -1,0 +1,52 @@
+"""Grade a notebook's hidden checks the way TrustedChecks does (without the kernel run)."""
+import re
+
+from autograder.checks import run_check
+from autograder.pipeline import hidden_check_name, student_code, student_written_code
+from autograder.student import SandboxedStudent
+from tests.students import NB1, source_notebook
+
+
+def check_points(name=NB1):
+    """{check name: points} from the source notebook's hidden-check cells."""
+    return {hidden_check_name(c): float(c.metadata.nbgrader.points)
+            for c in source_notebook(name).cells if hidden_check_name(c)}
+
+
+def grade_checks(nb, name=NB1):
+    """{check name: Verdict} for every hidden check of notebook `name`, against `nb`'s code."""
+    points = check_points(name)
+    with SandboxedStudent(student_code(nb), sources=student_written_code(nb)) as student:
+        return {check: run_check(check, student) for check in points}
+
+
+def score(verdicts, name=NB1):
+    points = check_points(name)
+    return sum(points[c] for c, v in verdicts.items() if v.status == "passed")
+
+
+def replace_in(grade_id, old, new, count=1):
+    """A mutation: in the answer of `grade_id`, replace `old` by `new` (which must be there)."""
+    def mutate(answers):
+        code = answers[grade_id]
+        assert old in code, f"{old!r} is not in the answer {grade_id}"
+        answers[grade_id] = code.replace(old, new) if count is None else code.replace(old, new, count)
+        return answers
+    return mutate
+
+
+def rewrite(grade_id, code):
+    """A mutation or variant: the whole answer of `grade_id` is `code`."""
+    def mutate(answers):
+        answers[grade_id] = code
+        return answers
+    return mutate
+
+
+def regex_in(grade_id, pattern, new):
+    def mutate(answers):
+        code, n = re.subn(pattern, new, answers[grade_id])
+        assert n, f"{pattern!r} is not in the answer {grade_id}"
+        answers[grade_id] = code
+        return answers
+    return mutate

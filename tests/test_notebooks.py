@@ -1,0 +1,71 @@
+"""The notebooks run in real Jupyter kernels: solutions pass everything, release versions stop at the first stub."""
+import nbformat
+import pytest
+from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError
+
+from autograder.release import find_leaks
+from tests.students import ASSIGNMENT, ROOT
+
+NOTEBOOKS = sorted(p.stem for p in (ROOT / "source" / ASSIGNMENT).glob("*.ipynb"))
+
+
+def execute(path, monkeypatch, allow_errors=False):
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))  # hidden_check() in solutions imports autograder
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    nb = nbformat.read(path, as_version=4)
+    client = NotebookClient(nb, timeout=300, kernel_name="python3", allow_errors=allow_errors,
+                            resources={"metadata": {"path": str(path.parent)}})
+    client.execute()
+    return nb
+
+
+@pytest.mark.smoke
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_solution_runs_top_to_bottom_with_every_test_passing(name, monkeypatch):
+    nb = execute(ROOT / "solutions" / ASSIGNMENT / f"{name}.ipynb", monkeypatch)  # raises on any error
+    checked = [c for c in nb.cells if "hidden_check(" in c.source]
+    assert checked, "the solution notebook runs its hidden checks in the instructor's kernel"
+    for cell in checked:
+        text = "".join(o.get("text", "") for o in cell.outputs)
+        assert ": passed" in text, f"{cell.metadata.nbgrader.grade_id}: {text}"
+
+
+@pytest.mark.smoke
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_release_runs_until_the_first_stub(name, monkeypatch):
+    path = ROOT / "release" / ASSIGNMENT / f"{name}.ipynb"
+    with pytest.raises(CellExecutionError) as err:
+        execute(path, monkeypatch)
+    assert "NotImplementedError" in str(err.value)
+    nb = execute(path, monkeypatch, allow_errors=True)
+    errors = [(i, o) for i, c in enumerate(nb.cells) if c.cell_type == "code"
+              for o in c.outputs if o.output_type == "error"]
+    first_cell, first_error = errors[0]
+    assert first_error.ename == "NotImplementedError"
+    first_stub = next(i for i, c in enumerate(nb.cells) if "raise NotImplementedError()" in c.source)
+    first_call = next(i for i, c in enumerate(nb.cells) if i > first_stub and c.cell_type == "code")
+    assert first_cell == first_call, "nothing fails before the first stub is called"
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_release_has_no_solution_and_no_hidden_check_code(name):
+    assert find_leaks(ROOT / "source" / ASSIGNMENT, ROOT / "release" / ASSIGNMENT) == []
+    text = (ROOT / "release" / ASSIGNMENT / f"{name}.ipynb").read_text()
+    for secret in ("BEGIN SOLUTION", "BEGIN HIDDEN TESTS", "hidden_check", "import autograder", "from autograder"):
+        assert secret not in text
+
+
+def test_leak_check_catches_a_leak(tmp_path):
+    """The leak check can fail: plant a solution line in a copy of the release."""
+    import shutil
+
+    release = tmp_path / "release"
+    shutil.copytree(ROOT / "release" / ASSIGNMENT, release)
+    path = release / f"{NOTEBOOKS[0]}.ipynb"
+    nb = nbformat.read(path, as_version=4)
+    nb.cells[-1].source += "\nscores = Q @ K.transpose(-2, -1)  # [..., L, d_k] @ [..., d_k, S] -> [..., L, S]"
+    nb.cells[-2].source += '\nfrom autograder import hidden_check; hidden_check("x")'
+    nbformat.write(nb, path)
+    leaks = find_leaks(ROOT / "source" / ASSIGNMENT, release)
+    assert len(leaks) == 2
