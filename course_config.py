@@ -45,7 +45,7 @@ OUTPUT_MAX_CHARS = 10_000
 # Wall-clock limit for grading one whole submission (all its notebooks).
 SUBMISSION_TIMEOUT_S = 900
 # Submissions graded at once by `make autograde`.
-GRADING_PARALLELISM = max(1, os.cpu_count() or 1)
+GRADING_PARALLELISM = int(os.environ.get("ATTENTION_SURGEON_PARALLELISM", 0)) or max(1, os.cpu_count() or 1)
 # Student code runs under bubblewrap. "required": refuse to grade when the
 # sandbox cannot start. "off": explicit opt-out (a trusted test machine only).
 SANDBOX = os.environ.get("ATTENTION_SURGEON_SANDBOX", "required")
@@ -54,7 +54,7 @@ SANDBOX = os.environ.get("ATTENTION_SURGEON_SANDBOX", "required")
 GPU_CHECKS_WITHOUT_CUDA = "pending"
 
 # Hypothesis: every student gets the same examples (see autograder/strategies.py).
-HYPOTHESIS_MAX_EXAMPLES = 40
+HYPOTHESIS_MAX_EXAMPLES = 30
 # Generated tensors stay small so a plainly written loop implementation
 # passes well inside CALL_TIMEOUT_S: the hidden suite grades correctness.
 MAX_BATCH = 3
@@ -80,7 +80,6 @@ c.CourseDirectory.solution_directory = "solutions"
 c.CourseDirectory.submitted_directory = "submitted"
 c.CourseDirectory.autograded_directory = "autograded"
 c.CourseDirectory.feedback_directory = "feedback"
-c.CourseDirectory.db_assignments = [dict(name=ASSIGNMENT)]
 # A long SQLite busy timeout: parallel autograde processes share the gradebook.
 c.CourseDirectory.db_url = f"sqlite:///{COURSE_ROOT / 'gradebook.db'}?timeout=300"
 c.CourseDirectory.ignore = [".ipynb_checkpoints", "*.pyc", "__pycache__", "feedback", ".hypothesis"]
@@ -92,7 +91,7 @@ c.ClearSolutions.text_stub = "YOUR ANSWER HERE"
 c.Execute.timeout = CELL_TIMEOUT_S
 c.Execute.interrupt_on_timeout = True
 c.LimitOutput.max_lines = OUTPUT_MAX_LINES
-c.LimitOutput.max_length = OUTPUT_MAX_CHARS
+c.LimitOutput.max_traceback = 100
 # A student who deletes or retypes a test cell gets it back from the gradebook.
 c.OverwriteCells.add_missing_cells = True
 
@@ -100,11 +99,12 @@ c.OverwriteCells.add_missing_cells = True
 # kernel (autograder/pipeline.py). The list is nbgrader's default with our
 # steps added; see the docstrings there.
 c.Autograde.autograde_preprocessors = [
+    "autograder.pipeline.StartTrustedChecks",
     "autograder.pipeline.SandboxedExecute",
+    "autograder.pipeline.TrustedChecks",
     "nbgrader.preprocessors.IgnorePattern",
     "nbconvert.preprocessors.ClearMetadataPreprocessor",
     "nbgrader.preprocessors.LimitOutput",
-    "autograder.pipeline.TrustedChecks",
     "nbgrader.preprocessors.SaveAutoGrades",
     "autograder.pipeline.RecordPendingChecks",
     "nbgrader.preprocessors.AssignLatePenalties",

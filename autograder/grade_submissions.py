@@ -4,8 +4,9 @@
         | stage: copy; a notebook that cannot be read is replaced by the blank
         |        release version, and the reason is kept for the feedback
     .grading/submitted/<student>/<assignment>/
-        | nbgrader autograde --student <student>   (one process per student, in parallel;
-        |                                           hidden checks: autograder/pipeline.py)
+        | nbgrader's autograde (NbGraderAPI), students split into one shard per core,
+        | each shard one trusted process; hidden checks: autograder/pipeline.py.
+        | A student whose shard died or hung is regraded alone.
     gradebook.db, autograded/
         | nbgrader generate_feedback, nbgrader export
     feedback/<student>/<assignment>/*.html, grades.csv
@@ -27,7 +28,7 @@ import nbformat
 
 import course_config
 
-from .nbgrader_cli import nbgrader_command, nbgrader_env, run_nbgrader
+from .nbgrader_cli import nbgrader_env, run_nbgrader
 
 ROOT = course_config.COURSE_ROOT
 ASSIGNMENT = course_config.ASSIGNMENT
@@ -81,27 +82,62 @@ def stage(student):
     return report
 
 
-def autograde_one(student):
-    report = stage(student)
-    log_path = STAGING / "logs" / f"{student}.log"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    started = time.monotonic()
-    command = nbgrader_command("autograde", ASSIGNMENT, f"--student={student}", "--force",
-                               f"--CourseDirectory.submitted_directory={STAGING / 'submitted'}")
-    with open(log_path, "wb") as log:
+def grade_shard(students):
+    """In this process: nbgrader's autograde for each student, one JSON line of result each."""
+    from nbgrader.apps import NbGraderAPI
+
+    config = course_config.c.copy()
+    config.CourseDirectory.submitted_directory = str(STAGING / "submitted")
+    api = NbGraderAPI(config=config)
+    for student in students:
+        started = time.monotonic()
+        result = api.autograde(ASSIGNMENT, student, force=True, create=True)
+        log = (STAGING / "logs" / f"{student}.log")
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text((result.get("log") or "") + "\n" + (result.get("error") or ""))
+        print(json.dumps({"student": student, "ok": bool(result["success"]),
+                          "seconds": time.monotonic() - started}), flush=True)
+
+
+def run_shard(students):
+    """Grade `students` in one child process; {student: (ok, seconds)} for those it finished."""
+    done = {}
+    command = [sys.executable, "-m", "autograder.grade_submissions", "--shard", *students]
+    try:
+        result = subprocess.run(command, cwd=ROOT, env=nbgrader_env(), capture_output=True, text=True,
+                                stdin=subprocess.DEVNULL, timeout=course_config.SUBMISSION_TIMEOUT_S * len(students))
+        output = result.stdout
+    except subprocess.TimeoutExpired as stopped:
+        output = stopped.stdout.decode() if isinstance(stopped.stdout, bytes) else (stopped.stdout or "")
+    for line in output.splitlines():
         try:
-            result = subprocess.run(command, cwd=ROOT, env=nbgrader_env(), stdout=log, stderr=subprocess.STDOUT,
-                                    timeout=course_config.SUBMISSION_TIMEOUT_S, stdin=subprocess.DEVNULL)
-            report.ok = result.returncode == 0
-            if not report.ok:
-                report.problems.append("the autograder could not finish grading this submission; a TA will "
-                                       "look at it (see the grading log).")
-        except subprocess.TimeoutExpired:
-            report.ok = False
-            report.problems.append(f"grading took longer than {course_config.SUBMISSION_TIMEOUT_S} s and was "
-                                   f"stopped; a TA will look at it.")
-    report.seconds = time.monotonic() - started
-    return report
+            record = json.loads(line)
+            done[record["student"]] = (bool(record["ok"]), float(record["seconds"]))
+        except (ValueError, KeyError, TypeError):
+            continue
+    return done
+
+
+def autograde_all(students):
+    """Grade everyone, one shard per core; students a shard did not finish are regraded alone."""
+    reports = {s: stage(s) for s in students}
+    shards = [students[i::course_config.GRADING_PARALLELISM] for i in range(course_config.GRADING_PARALLELISM)]
+    with ThreadPoolExecutor(max_workers=course_config.GRADING_PARALLELISM) as pool:
+        results = {}
+        for done in pool.map(run_shard, [shard for shard in shards if shard]):
+            results.update(done)
+        missing = [s for s in students if s not in results]
+        for done in pool.map(run_shard, [[s] for s in missing]):
+            results.update(done)
+    for student, report in reports.items():
+        ok, seconds = results.get(student, (False, 0.0))
+        report.ok, report.seconds = ok, seconds
+        if student not in results:
+            report.problems.append(f"grading was stopped after {course_config.SUBMISSION_TIMEOUT_S} s or crashed; "
+                                   f"a TA will look at it.")
+        elif not ok:
+            report.problems.append("the autograder could not finish grading this submission; a TA will look at it.")
+    return [reports[s] for s in students]
 
 
 def write_problem_notes(reports):
@@ -133,8 +169,7 @@ def main():
     # The gradebook learns the assignment (its cells, points, checksums) from source/.
     run_nbgrader("generate_assignment", ASSIGNMENT, "--force",
                  f"--CourseDirectory.release_directory={STAGING / 'release'}", stdout=subprocess.DEVNULL)
-    with ThreadPoolExecutor(max_workers=course_config.GRADING_PARALLELISM) as pool:
-        reports = list(pool.map(autograde_one, everyone))
+    reports = autograde_all(everyone)
     run_nbgrader("generate_feedback", ASSIGNMENT, "--force", check=False,
                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     write_problem_notes(reports)
@@ -150,4 +185,7 @@ def main():
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    if sys.argv[1:2] == ["--shard"]:
+        grade_shard(sys.argv[2:])
+    else:
+        sys.exit(main())

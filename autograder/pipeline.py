@@ -2,11 +2,13 @@
 
 Trusted code. course_config.py puts them into nbgrader's autograde pipeline:
 
+    StartTrustedChecks   start deciding each hidden check here, in a thread,
+                         against the student's code in a sandboxed worker
+                         (it overlaps with the kernel run below)
     SandboxedExecute     run the notebook in the student's (sandboxed) kernel,
                          with every hidden-check call left out
-    TrustedChecks        decide each hidden check here, against the student's
-                         code in a sandboxed worker; the verdict becomes the
-                         cell's output (an error output = no points)
+    TrustedChecks        collect the verdicts; each becomes its cell's output
+                         (an error output = no points)
     SaveAutoGrades       nbgrader's own: scores from outputs into the gradebook
     RecordPendingChecks  checks that could not be decided here (GPU checks on a
                          host without CUDA) become "needs manual grade"
@@ -15,6 +17,7 @@ Plain nbgrader would run the hidden tests inside the student's kernel, where
 one student cell can rewrite them. Here that kernel never sees them.
 """
 import re
+from concurrent.futures import ThreadPoolExecutor
 
 from nbformat.v4 import new_output
 from nbgrader.api import Gradebook
@@ -77,28 +80,53 @@ class SandboxedExecute(Execute):
         return nb, resources
 
 
-class TrustedChecks(NbGraderPreprocessor):
-    """Decide every hidden check of the notebook outside the student's kernel."""
+def decide_checks(code, sources, names, cuda_available, log):
+    """{check name: Verdict} for `names`, against the student's `code` in one sandboxed worker."""
+    verdicts = {}
+    with SandboxedStudent(code, sources=sources) as student:
+        for name in names:
+            verdicts[name] = run_check(name, student, cuda_available=cuda_available)
+            log.info("hidden check %s: %s", name, verdicts[name].status)
+    return verdicts
+
+
+class StartTrustedChecks(NbGraderPreprocessor):
+    """Start deciding the hidden checks (in a thread) before the student's kernel runs."""
 
     cuda_available = Bool(None, allow_none=True, help="Override CUDA detection (None: ask torch).").tag(config=True)
 
     def preprocess(self, nb, resources):
-        calls = [(cell, hidden_check_name(cell)) for cell in nb.cells if hidden_check_name(cell)]
-        pending = resources.setdefault("nbgrader", {}).setdefault("pending_checks", {})
-        if not calls:
+        names = [hidden_check_name(cell) for cell in nb.cells if hidden_check_name(cell)]
+        if not names:
             return nb, resources
         cuda = self.cuda_available
         if cuda is None:
             import torch
 
             cuda = torch.cuda.is_available()
-        with SandboxedStudent(student_code(nb), sources=student_written_code(nb)) as student:
-            for cell, name in calls:
-                verdict = run_check(name, student, cuda_available=cuda)
-                self.log.info("hidden check %s: %s", name, verdict.status)
-                cell.outputs = verdict_outputs(name, verdict)
-                if verdict.status == "pending":
-                    pending[cell.metadata["nbgrader"]["grade_id"]] = verdict.message
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="trusted-checks")
+        resources.setdefault("nbgrader", {})["trusted_checks"] = pool.submit(
+            decide_checks, student_code(nb), student_written_code(nb), names, cuda, self.log)
+        pool.shutdown(wait=False)
+        return nb, resources
+
+
+class TrustedChecks(NbGraderPreprocessor):
+    """Write each hidden check's verdict as its cell's output; remember the undecided ones."""
+
+    def preprocess(self, nb, resources):
+        info = resources.setdefault("nbgrader", {})
+        pending = info.setdefault("pending_checks", {})
+        future = info.pop("trusted_checks", None)
+        if future is None:
+            return nb, resources
+        verdicts = future.result()
+        for cell in nb.cells:
+            name = hidden_check_name(cell)
+            if name:
+                cell.outputs = verdict_outputs(name, verdicts[name])
+                if verdicts[name].status == "pending":
+                    pending[cell.metadata["nbgrader"]["grade_id"]] = verdicts[name].message
         return nb, resources
 
 

@@ -1,0 +1,98 @@
+"""Grading time per submission next to the floor, measured side by side in one process.
+
+    floor    = the submissions' notebooks, each executed once in a plain Jupyter kernel (nbclient)
+    grading  = `make autograde` over the same submissions, one at a time (parallelism 1): the
+               sandboxed kernel, the trusted hidden checks, feedback and grades.csv; its total
+               divided by the number of submissions, so start-up costs are counted
+    batch    = `make autograde` with course_config.GRADING_PARALLELISM (every core)
+
+Run:  .venv/bin/python benchmarks/grading_time.py [--students 4] [--rounds 2]
+It works in a temporary copy of the course; nothing here is touched.
+"""
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import nbformat  # noqa: E402
+from nbclient import NotebookClient  # noqa: E402
+
+from tests.students import ASSIGNMENT, NB1, reference_answers, student_notebook, write_submission  # noqa: E402
+
+COURSE_FILES = ["course_config.py", "nbgrader_config.py", "Makefile", "requirements.lock", "autograder", "source",
+                "release", "tests"]
+
+
+def copy_course(into):
+    course = Path(into) / "course"
+    course.mkdir()
+    for name in COURSE_FILES:
+        src = ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, course / name, ignore=shutil.ignore_patterns("__pycache__", ".hypothesis"))
+        else:
+            shutil.copy2(src, course / name)
+    (course / ".venv").symlink_to(ROOT / ".venv")
+    return course
+
+
+def env():
+    e = dict(os.environ, PATH=f"{ROOT / '.venv' / 'bin'}:{os.environ['PATH']}", MPLBACKEND="Agg")
+    e.pop("ATTENTION_SURGEON_SANDBOX", None)
+    return e
+
+
+def floor_seconds(notebook_paths):
+    started = time.perf_counter()
+    for path in notebook_paths:
+        nb = nbformat.read(path, as_version=4)
+        NotebookClient(nb, timeout=600, kernel_name="python3", allow_errors=True,
+                       resources={"metadata": {"path": str(path.parent)}}).execute()
+    return time.perf_counter() - started
+
+
+def autograde_seconds(course, parallelism):
+    started = time.perf_counter()
+    subprocess.run(["make", "-o", ".venv/.installed", "autograde"], cwd=course, check=True, capture_output=True,
+                   env=dict(env(), ATTENTION_SURGEON_PARALLELISM=str(parallelism)))
+    return time.perf_counter() - started
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--students", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        course = copy_course(tmp)
+        subprocess.run(["make", "-o", ".venv/.installed", "release"], cwd=course, env=env(), check=True,
+                       capture_output=True)
+        students = [f"student{i:02d}" for i in range(args.students)]
+        for student in students:
+            write_submission(course, student, {NB1: student_notebook(reference_answers())})
+        floors, gradings = [], []
+        for _ in range(args.rounds):  # alternated, so both see the same machine state
+            floors.append(sum(floor_seconds(sorted((course / "submitted" / s / ASSIGNMENT).glob("*.ipynb")))
+                              for s in students) / len(students))
+            gradings.append(autograde_seconds(course, parallelism=1) / len(students))
+        cores = os.cpu_count() or 1
+        batch = autograde_seconds(course, parallelism=cores)
+        floor, grading = statistics.median(floors), statistics.median(gradings)
+        print(f"machine: {cores} cores; {len(students)} correct submissions; {args.rounds} rounds (median)")
+        print(f"floor   (notebooks executed once in a plain kernel):       {floor:6.2f} s per submission")
+        print(f"grading (make autograde, one at a time, all costs counted): {grading:6.2f} s per submission")
+        print(f"ratio grading / floor: {grading / floor:.2f}  (budget in DESIGN section 8: 2.0)")
+        print(f"batch: {len(students)} submissions in {batch:.1f} s with {cores} at a time "
+              f"= {60 * len(students) / batch:.1f} submissions per minute")
+
+
+if __name__ == "__main__":
+    main()
