@@ -63,7 +63,7 @@ def sandbox_prefix(extra_ro_binds=(), extra_binds=(), chdir="/tmp"):
 def sandbox_environment(home="/tmp"):
     """The environment of a process that runs student code: nothing of the grader's."""
     return {
-        "PATH": f"{os.path.dirname(sys.executable)}:/usr/bin:/bin",
+        "PATH": f"{os.path.dirname(python_executable())}:/usr/bin:/bin",
         "HOME": home, "TMPDIR": "/tmp", "LANG": "C.UTF-8",
         "MPLBACKEND": "Agg", "MPLCONFIGDIR": f"{home}/.matplotlib", "IPYTHONDIR": f"{home}/.ipython",
         "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1",
@@ -79,8 +79,31 @@ def apply_limits():
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
 
+def python_executable():
+    """The venv's interpreter by its real path: the one path the sandbox can see it under."""
+    return os.path.join(os.path.realpath(sys.prefix), "bin", "python")
+
+
 def worker_command():
     """The command line of a sandboxed worker (autograder/sandboxed_worker/worker.py)."""
     prefix = sandbox_prefix(extra_ro_binds=[(WORKER_DIR, SANDBOX_WORKER_DIR)])
     worker_dir = SANDBOX_WORKER_DIR if prefix else str(WORKER_DIR)
-    return prefix + [sys.executable, "-s", "-E", f"{worker_dir}/worker.py"]
+    return prefix + [python_executable(), "-s", "-E", f"{worker_dir}/worker.py"]
+
+
+def preflight():
+    """Start a worker with no student code and call it once; raise SandboxUnavailable if that fails.
+
+    Run before grading anyone: a sandbox that cannot start must stop the grading
+    with a clear message, not score every student 0.
+    """
+    from .student import SandboxedStudent, StudentUnresponsive
+
+    with SandboxedStudent(["def ping():\n    return 'pong'"]) as probe:
+        try:
+            outcome = probe.call("ping")
+        except StudentUnresponsive as err:
+            raise SandboxUnavailable(f"the sandboxed worker does not start on this host: {err}. Grading "
+                                     f"is refused. See course_config.SANDBOX.") from None
+    if outcome.value != "pong":
+        raise SandboxUnavailable(f"the sandboxed worker answered {outcome.value!r} to a ping; grading is refused")
