@@ -14,6 +14,8 @@ from tests.conftest import make, read_grades, tree_digest
 from tests.grading import check_points
 from tests.students import NB1, reference_answers, student_notebook, write_submission
 
+pytestmark = pytest.mark.xdist_group("autograde_e2e")  # one graded batch, shared by this module
+
 NO_SCALE = ("scores = scores / math.sqrt(Q.shape[-1])", "scores = scores")
 CHEAT_PATCHES = """
 import numpy, torch, torch.testing

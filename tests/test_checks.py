@@ -1,0 +1,57 @@
+"""The hidden checks: registry and notebooks agree; every check passes on the reference solution,
+in the sandboxed worker and in-process; a broken worker fails checks, never passes them."""
+import pytest
+
+from autograder.checks import REGISTRY, run_check
+from autograder.pipeline import hidden_check_name
+from autograder.student import InProcessStudent, SandboxedStudent
+from tests.grading import check_points, grade_checks
+from tests.students import ASSIGNMENT, ROOT, reference_answers, source_notebook, student_notebook
+
+NOTEBOOKS = sorted(p.stem for p in (ROOT / "source" / ASSIGNMENT).glob("*.ipynb"))
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_every_hidden_cell_names_a_registered_check_once(name):
+    called = [hidden_check_name(c) for c in source_notebook(name).cells if hidden_check_name(c)]
+    assert len(called) == len(set(called)), "a check is called twice"
+    assert set(called) <= set(REGISTRY), f"unknown checks: {set(called) - set(REGISTRY)}"
+    registered = {c.name for c in REGISTRY.values() if c.notebook == name}
+    assert registered == set(called), f"registered but never called: {registered - set(called)}"
+
+
+def test_every_check_passes_on_the_reference_solution_in_the_sandbox():
+    verdicts = grade_checks(student_notebook(reference_answers()))
+    assert {n: v.message for n, v in verdicts.items() if v.status != "passed"} == {}
+
+
+def test_every_check_passes_on_the_reference_solution_in_process():
+    namespace = {}
+    exec("import math, torch\nNEG_INF = float('-inf')\n" + "\n\n".join(reference_answers().values()), namespace)
+    student = InProcessStudent(namespace, sources=list(reference_answers().values()))
+    for name in check_points():
+        verdict = run_check(name, student)
+        assert verdict.status == "passed", f"{name}: {verdict.message}"
+
+
+def test_code_that_cannot_load_fails_every_check_quickly():
+    with SandboxedStudent(["import os\nos._exit(3)"]) as student:
+        verdicts = {name: run_check(name, student) for name in check_points()}
+    assert all(v.status == "failed" for v in verdicts.values())
+    assert "died while loading" in verdicts["attention_gradients"].message
+
+
+def test_a_hanging_call_is_stopped_and_reported(monkeypatch):
+    import course_config
+
+    monkeypatch.setattr(course_config, "CALL_TIMEOUT_S", 2)
+    code = reference_answers()
+    code["attention"] = "def attention(Q, K, V, mask=None, scale=True):\n    while True:\n        pass"
+    with SandboxedStudent(["import math, torch\nNEG_INF = float('-inf')", *code.values()]) as student:
+        verdict = run_check("attention_matches_reference", student)
+        assert verdict.status == "failed" and "did not return within 2 s" in verdict.message
+        assert run_check("causal_mask", student).status == "passed", "the next check gets a fresh worker"
+
+
+def test_unknown_check_is_pending_not_passed():
+    assert run_check("no_such_check", None).status == "pending"

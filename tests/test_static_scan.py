@@ -1,0 +1,36 @@
+"""The static scan finds ready-made attention however it is spelled, and leaves a student's own names alone."""
+import pytest
+
+from autograder.static_scan import find_forbidden
+
+FOUND = [
+    "out = torch.nn.functional.scaled_dot_product_attention(Q, K, V)",
+    "from torch.nn.functional import scaled_dot_product_attention as sdpa",
+    "f = getattr(F, 'scaled_dot' + '_product_attention')",
+    "f = getattr(F, ''.join(['scaled_dot_', 'product_attention']))",
+    "mha = torch.nn.MultiheadAttention(4, 1)",
+    "w = torch.ops.aten._safe_softmax(x, -1)",
+    "%timeit F.scaled_dot_product_attention(Q, K, V)\nx = F.scaled_dot_product_attention(Q, K, V)",
+    "def broken(:\n    F.scaled_dot_product_attention(Q, K, V)",  # not Python: text fallback
+]
+NOT_FOUND = [
+    "def scaled_dot_product_attention(Q, K, V):\n    return attention(Q, K, V)\ny = scaled_dot_product_attention(1, 2, 3)",
+    "class MultiHeadAttention(torch.nn.Module):\n    pass",
+    'def attention(Q, K, V):\n    """Like F.scaled_dot_product_attention, but by hand."""\n    return Q',
+    "# not F.scaled_dot_product_attention: we build it ourselves\nx = torch.softmax(s, dim=-1)",
+]
+
+
+@pytest.mark.parametrize("source", FOUND)
+def test_found(source):
+    assert find_forbidden([source])
+
+
+@pytest.mark.parametrize("source", NOT_FOUND)
+def test_not_found(source):
+    assert find_forbidden([source]) == []
+
+
+def test_names_defined_in_another_cell_are_the_students_own():
+    cells = ["def scaled_dot_product_attention(Q, K, V):\n    return Q", "out = scaled_dot_product_attention(1, 2, 3)"]
+    assert find_forbidden(cells) == []
