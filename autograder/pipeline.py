@@ -19,12 +19,16 @@ one student cell can rewrite them. Here that kernel never sees them.
 import re
 from concurrent.futures import ThreadPoolExecutor
 
+from nbclient.exceptions import CellTimeoutError, DeadKernelError
 from nbformat.v4 import new_output
 from nbgrader.api import Gradebook
 from nbgrader.preprocessors import Execute, NbGraderPreprocessor
-from traitlets import Bool
+from traitlets import Bool, Integer
+
+import course_config
 
 from .checks import REGISTRY, run_check
+from .sandbox import sandboxed_kernel_manager_class
 from .student import SandboxedStudent
 
 HIDDEN_CHECK_CALL = re.compile(r"""hidden_check\(\s*["']([\w\-]+)["']\s*\)""")
@@ -60,10 +64,25 @@ def student_written_code(nb):
 
 
 class SandboxedExecute(Execute):
-    """nbgrader's Execute, but hidden-check calls are not run in the student's kernel.
+    """nbgrader's Execute, with the student's kernel in the sandbox.
 
-    Their cells run as a comment there; TrustedChecks writes their outputs.
+    * hidden-check calls are not run there: their cells run as a comment, and
+      TrustedChecks writes their outputs;
+    * what a cell prints is capped (`max_output_chars`), whatever its shape;
+    * a cell that runs past the time limit, or a kernel that dies, stops the
+      run with a note on that cell; the notebook is still graded as far as it
+      can be (hidden checks run in their own worker).
     """
+
+    max_output_chars = Integer(course_config.OUTPUT_MAX_CHARS,
+                               help="Characters of output kept per cell; the rest is dropped.").tag(config=True)
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("kernel_manager_class", sandboxed_kernel_manager_class())
+        super().__init__(*args, **kwargs)
+        self.interrupt_on_timeout = False  # a looping kernel is stopped, not interrupted
+        self._output_chars = {}
+        self._current_cell = None
 
     def preprocess(self, nb, resources):
         originals = {}
@@ -72,12 +91,45 @@ class SandboxedExecute(Execute):
             if name:
                 originals[index] = cell.source
                 cell.source = f"# hidden check {name!r}: decided by the autograder, outside this kernel"
+        self._output_chars, self._current_cell = {}, None
         try:
             nb, resources = super().preprocess(nb, resources)
+        except CellTimeoutError:
+            self._note(nb, f"this cell ran longer than {self.timeout} s (the time limit per cell), so the "
+                           f"kernel was stopped; the cells after it were not run")
+        except DeadKernelError:
+            self._note(nb, "the kernel died while running this cell (out of memory, os._exit or a crash); "
+                           "the cells after it were not run")
+        except Exception as err:  # noqa: BLE001 - the rest of the pipeline still grades what it can
+            self._note(nb, f"the notebook could not be run: {type(err).__name__}: {str(err)[:300]}")
         finally:
             for index, source in originals.items():
                 nb.cells[index].source = source
         return nb, resources
+
+    def preprocess_cell(self, cell, resources, index):
+        self._current_cell = index
+        return super().preprocess_cell(cell, resources, index)
+
+    def output(self, outs, msg, display_id, cell_index):
+        text = str(msg.get("content", ""))
+        used = self._output_chars.get(cell_index, 0)
+        self._output_chars[cell_index] = used + len(text)
+        if used + len(text) <= self.max_output_chars:
+            return super().output(outs, msg, display_id, cell_index)
+        if used <= self.max_output_chars:
+            outs.append(new_output("stream", name="stdout", text=(
+                f"\n[output truncated: this cell printed more than {self.max_output_chars} characters]\n")))
+        return None
+
+    def _note(self, nb, message):
+        index = self._current_cell
+        if index is None:
+            index = next((i for i, c in enumerate(nb.cells) if c.cell_type == "code"), None)
+        if index is None:
+            return
+        nb.cells[index].outputs.append(new_output(
+            "error", ename="NotebookStopped", evalue=message, traceback=[f"NotebookStopped: {message}"]))
 
 
 def decide_checks(code, sources, names, cuda_available, log):

@@ -8,9 +8,11 @@ process namespace (everything in it dies with it), and the limits of
 course_config.py.
 """
 import os
-import resource
 import shutil
+import signal
 import sys
+import tempfile
+import uuid
 from pathlib import Path
 
 import course_config
@@ -71,12 +73,87 @@ def sandbox_environment(home="/tmp"):
     }
 
 
-def apply_limits():
-    """preexec_fn: the memory and file-size caps of course_config, no core dumps."""
+class ProcessCap:
+    """A cgroup 'pids' group for one sandbox: caps its processes and threads, and kills them all.
+
+    RLIMIT_NPROC cannot do this here: the sandbox runs as root outside its user
+    namespace, and root is exempt. A process joins the group by writing its pid
+    to `procs_file` before it execs (see `limited_command`); its children stay in.
+    Without a writable pids controller (cgroup v1 or v2) the cap is off, the
+    pid namespace still ends every process, and `available` says so.
+    """
+
+    ROOTS = (Path("/sys/fs/cgroup/pids"), Path("/sys/fs/cgroup"))
+
+    def __init__(self, limit=None):
+        self.path = None
+        limit = limit or course_config.MAX_PROCESSES
+        for root in self.ROOTS:
+            if not (root / "cgroup.procs").exists():
+                continue
+            if root == Path("/sys/fs/cgroup") and "pids" not in _read(root / "cgroup.controllers"):
+                continue
+            path = root / f"attention-surgeon-{uuid.uuid4().hex[:12]}"
+            try:
+                path.mkdir()
+                (path / "pids.max").write_text(str(limit))
+            except OSError:
+                shutil.rmtree(path, ignore_errors=True)
+                continue
+            self.path = path
+            break
+
+    @property
+    def available(self):
+        return self.path is not None
+
+    @property
+    def procs_file(self):
+        return str(self.path / "cgroup.procs") if self.path else "/dev/null"
+
+    def pids(self):
+        return [int(p) for p in _read(self.procs_file).split()] if self.path else []
+
+    def kill_all(self):
+        """SIGKILL everything in the group, until it is empty; then remove the group."""
+        if not self.path:
+            return
+        for _ in range(100):
+            pids = self.pids()
+            if not pids:
+                break
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        try:
+            self.path.rmdir()
+        except OSError:
+            pass
+        self.path = None
+
+
+def _read(path):
+    try:
+        return Path(path).read_text()
+    except OSError:
+        return ""
+
+
+def limited_command(command, cap):
+    """`command`, run inside `cap`'s cgroup with the memory and file-size caps of course_config."""
     memory = course_config.MEMORY_LIMIT_MB << 20
-    resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
-    resource.setrlimit(resource.RLIMIT_FSIZE, (FILE_SIZE_LIMIT, FILE_SIZE_LIMIT))
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    return ["/bin/sh", "-c", 'echo $$ > "$0" 2>/dev/null; exec "$@"', cap.procs_file,
+            "prlimit", f"--as={memory}", f"--fsize={FILE_SIZE_LIMIT}", "--core=0", "--", *command]
+
+
+def kernel_command(kernel_argv, work_dir, ipc_dir, cap):
+    """The student's Jupyter kernel in the sandbox: it sees a throw-away copy of its assignment
+    folder (`work_dir`, its cwd) and the folder of its IPC sockets, and nothing else of the host."""
+    argv = [python_executable(), *kernel_argv[1:]]
+    prefix = sandbox_prefix(extra_binds=[(work_dir, work_dir), (ipc_dir, ipc_dir)], chdir=str(work_dir))
+    return limited_command(prefix + argv, cap)
 
 
 def python_executable():
@@ -84,11 +161,54 @@ def python_executable():
     return os.path.join(os.path.realpath(sys.prefix), "bin", "python")
 
 
-def worker_command():
+def worker_command(cap):
     """The command line of a sandboxed worker (autograder/sandboxed_worker/worker.py)."""
     prefix = sandbox_prefix(extra_ro_binds=[(WORKER_DIR, SANDBOX_WORKER_DIR)])
     worker_dir = SANDBOX_WORKER_DIR if prefix else str(WORKER_DIR)
-    return prefix + [python_executable(), "-s", "-E", f"{worker_dir}/worker.py"]
+    return limited_command(prefix + [python_executable(), "-s", "-E", f"{worker_dir}/worker.py"], cap)
+
+
+def sandboxed_kernel_manager_class():
+    """A jupyter_client kernel manager whose kernels start in the sandbox.
+
+    The kernel talks to nbclient over IPC sockets in a private folder (the
+    sandbox has no network, not even the host's loopback), runs in a throw-away
+    copy of its assignment folder, and is killed with all its processes on shutdown.
+    """
+    from jupyter_client.manager import AsyncKernelManager
+
+    class _SandboxedKernelManager(AsyncKernelManager):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.scratch = Path(tempfile.mkdtemp(prefix="attention-surgeon-kernel-"))
+            (self.scratch / "ipc").mkdir()
+            self.work_dir = self.scratch / "work"
+            self.transport = "ipc"
+            self.ip = str(self.scratch / "ipc" / "kernel")
+            self.connection_file = str(self.scratch / "ipc" / "kernel.json")
+            self.cap = ProcessCap()
+
+        def format_kernel_cmd(self, extra_arguments=None):
+            argv = super().format_kernel_cmd(extra_arguments)
+            return kernel_command(argv, self.work_dir, self.scratch / "ipc", self.cap)
+
+        async def start_kernel(self, **kw):
+            source = Path(kw.pop("cwd", None) or ".")
+            # The kernel sees a copy of its own assignment folder (data files, the student's
+            # helper modules), never the folder nbgrader writes the graded notebook to.
+            shutil.copytree(source, self.work_dir, ignore=shutil.ignore_patterns("*.ipynb"), symlinks=False)
+            kw["env"] = sandbox_environment(home=str(self.work_dir))
+            kw["cwd"] = str(self.scratch)
+            return await AsyncKernelManager.start_kernel(self, **kw)
+
+        async def shutdown_kernel(self, now=False, restart=False):
+            try:
+                await AsyncKernelManager.shutdown_kernel(self, now=True, restart=restart)
+            finally:
+                self.cap.kill_all()
+                shutil.rmtree(self.scratch, ignore_errors=True)
+
+    return _SandboxedKernelManager
 
 
 def preflight():

@@ -19,9 +19,12 @@ import torch
 
 import course_config
 
-from .sandbox import apply_limits, sandbox_environment, worker_command
+from .sandbox import ProcessCap, sandbox_environment, worker_command
 from .sandboxed_worker import protocol
 from .sandboxed_worker.worker import Session, describe
+
+
+MAX_SKIPPED_CELLS = 3  # cells that hang or kill the worker, left out before giving up
 
 
 class StudentUnresponsive(BaseException):
@@ -169,6 +172,8 @@ class SandboxedStudent(StudentCode):
         self.cells = list(cells)
         self.sources = list(sources if sources is not None else cells)
         self.load_errors = []
+        self.skipped_cells = {}  # cell index -> why it was left out (it hung or killed the worker)
+        self._cap = None
         self.broken = None  # why this student's code cannot be called at all
         self._process = None
         self._buffer = b""
@@ -193,29 +198,54 @@ class SandboxedStudent(StudentCode):
         return reply
 
     def _start(self):
+        """Start a worker and load the student's cells one at a time.
+
+        A cell that hangs past CELL_TIMEOUT_S or kills the worker (os._exit, a
+        crash) is skipped and the worker restarted without it, so the rest of
+        the notebook can still be graded. Loading as a whole is limited to
+        WORKER_START_TIMEOUT_S; past that, or after MAX_SKIPPED_CELLS such
+        cells, the student's code is reported as not callable.
+        """
+        deadline = time.monotonic() + course_config.WORKER_START_TIMEOUT_S
+        while True:
+            self._launch()
+            index = None
+            try:
+                for index, source in enumerate(self.cells):
+                    if index in self.skipped_cells:
+                        continue
+                    self._send({"op": "load", "cells": [source]})
+                    cell_deadline = min(deadline, time.monotonic() + course_config.CELL_TIMEOUT_S)
+                    reply = self._receive(cell_deadline)
+                    self.load_errors += [dict(e, cell=index) for e in reply.get("errors", [])]
+                return
+            except TimeoutError:
+                self._kill()
+                reason = f"did not finish within {course_config.CELL_TIMEOUT_S} s"
+            except (EOFError, BrokenPipeError, OSError, protocol.ProtocolError):
+                code, detail = self._kill()
+                reason = f"killed the process running it ({_exit_reason(code)})"
+                if "bwrap" in detail:  # bubblewrap itself failed: not the student's doing
+                    self.broken = f"the sandbox could not start: {detail}"
+                    raise StudentUnresponsive(self.broken) from None
+            if index is None or time.monotonic() >= deadline or len(self.skipped_cells) >= MAX_SKIPPED_CELLS:
+                self.broken = (f"your notebook's code could not be loaded within "
+                               f"{course_config.WORKER_START_TIMEOUT_S} s ({reason} in code cell {index}), so its "
+                               f"functions could not be called")
+                raise StudentUnresponsive(self.broken)
+            self.skipped_cells[index] = reason
+            self.load_errors = [e for e in self.load_errors if e["cell"] < index]
+
+    def _launch(self):
         self._buffer = b""
+        self._cap = ProcessCap()
         try:
             self._process = subprocess.Popen(
-                worker_command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE, env=sandbox_environment(), start_new_session=True,
-                preexec_fn=apply_limits, bufsize=0)
+                worker_command(self._cap), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE, env=sandbox_environment(), start_new_session=True, bufsize=0)
         except OSError as err:
             self.broken = f"the sandbox could not start: {err}"
             raise StudentUnresponsive(self.broken) from None
-        try:
-            self._send({"op": "load", "cells": self.cells})
-            reply = self._receive(time.monotonic() + course_config.WORKER_START_TIMEOUT_S)
-        except TimeoutError:
-            self._kill()
-            self.broken = (f"your notebook's code did not finish running within "
-                           f"{course_config.WORKER_START_TIMEOUT_S} s, so its functions could not be called")
-            raise StudentUnresponsive(self.broken) from None
-        except (EOFError, BrokenPipeError, OSError, protocol.ProtocolError):
-            code, detail = self._kill()
-            self.broken = (f"the process running your notebook's code died while loading it "
-                           f"({_exit_reason(code)})" + (f": {detail}" if detail else ""))
-            raise StudentUnresponsive(self.broken) from None
-        self.load_errors = reply.get("errors", [])
 
     def _send(self, message):
         self._process.stdin.write(protocol.dumps(message))
@@ -245,6 +275,8 @@ class SandboxedStudent(StudentCode):
             os.killpg(process.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+        if self._cap is not None:
+            self._cap.kill_all()  # everything the worker started, wherever it went
         try:
             code = process.wait(timeout=10)
         except subprocess.TimeoutExpired:

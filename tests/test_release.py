@@ -53,7 +53,7 @@ def test_fresh_clone_follows_the_readme(tmp_path):
     assert (clone / ".venv" / ".installed").exists()
     assert (clone / "release" / "attention_surgeon" / "01_attention_from_scratch.ipynb").exists()
     # The whole suite already runs here; inside the clone, its quick subset proves `make test` works there.
-    env["PYTEST_ADDOPTS"] = "-m smoke -p no:xdist"
+    env["PYTEST_ADDOPTS"] = "-m smoke"
     test = subprocess.run(["make", "test"], cwd=clone, env=env, capture_output=True, text=True, timeout=1500)
     assert test.returncode == 0, test.stdout[-3000:] + test.stderr[-3000:]
     assert " passed" in test.stdout

@@ -21,8 +21,24 @@ NOTEBOOK = "01_attention_from_scratch"
 KEY_PADDING = torch.tensor([True, True, True, False, False])  # [S=5]: the last two keys are padding
 
 
+def refuse_ready_made_attention(student, outcome=None):
+    """Code that calls PyTorch's own attention earns no attention points at all."""
+    if not hasattr(student, "forbidden_findings"):
+        student.forbidden_findings = find_forbidden(student.sources)  # read once per student
+    if student.forbidden_findings:
+        where = "; ".join(f"{word} (cell {cell}, line {line})" for cell, line, word in student.forbidden_findings[:5])
+        raise CheckFailed(f"your code uses ready-made attention, which this assignment asks you to build "
+                          f"yourself: {where}")
+    if outcome is not None and outcome.fused:
+        raise CheckFailed(f"your attention() ran PyTorch's ready-made attention ({', '.join(outcome.fused[:3])}); "
+                          f"build it from matmul and softmax yourself")
+
+
 def call_attention(student, case, **options):
-    return student.call("attention", case.Q, case.K, case.V, mask=case.mask, scale=case.scale, **options)
+    refuse_ready_made_attention(student)
+    outcome = student.call("attention", case.Q, case.K, case.V, mask=case.mask, scale=case.scale, **options)
+    refuse_ready_made_attention(student, outcome)
+    return outcome
 
 
 def expected_for(case):
@@ -305,18 +321,11 @@ def attention_gradients(student):
 
 @check("attention_no_fused_kernels", NOTEBOOK)
 def attention_no_fused_kernels(student):
-    findings = find_forbidden(student.sources)
-    if findings:
-        where = "; ".join(f"{word} (cell {cell}, line {line})" for cell, line, word in findings[:5])
-        raise CheckFailed(f"your code uses ready-made attention, which this assignment asks you to build "
-                          f"yourself: {where}")
+    """The static scan, the worker's tripwires and a trace of the dispatcher's ops (call_attention)."""
     for case in (fixed_case((2, 3, 4), (2, 5, 4), (2, 5, 2)),
                  fixed_case((1, 2, 3, 4), (1, 2, 3, 4), (1, 2, 3, 4), mask=torch.ones(3, 3, dtype=torch.bool).tril())):
-        outcome = call_attention(student, case, trace=True)
+        outcome = call_attention(student, case, trace=True)  # raises CheckFailed on any sign of it
         expect_pair(outcome, case.describe())  # an attention that does not run cannot earn this
-        if outcome.fused:
-            raise CheckFailed(f"{case.describe()}\n  ran PyTorch's ready-made attention "
-                              f"({', '.join(outcome.fused[:3])}); build it from matmul and softmax yourself")
 
 
 def _mask_check(student, function, keep):

@@ -129,12 +129,10 @@ class OpRecorder:
 
         self._mode = _Mode()
         self._mode.__enter__()
-        _TRIPWIRE_HITS.clear()
         return self
 
     def __exit__(self, *exc):
         self._mode.__exit__(*exc)
-        self.seen.update(_TRIPWIRE_HITS)
         return False
 
 
@@ -190,6 +188,7 @@ class Session:
         inputs = [a for a in list(args) + list(kwargs.values()) if isinstance(a, torch.Tensor)]
         snapshots = [t.detach().clone() if t.device.type != "meta" else None for t in inputs]
         reply = {}
+        _TRIPWIRE_HITS.clear()
         recorder = OpRecorder() if request.get("trace") else None
         try:
             if recorder:
@@ -202,8 +201,7 @@ class Session:
             result = None
         else:
             reply["result"] = describe(result)
-        if recorder:
-            reply["fused"] = sorted(recorder.seen)
+        reply["fused"] = sorted(_TRIPWIRE_HITS | (recorder.seen if recorder else set()))
         reply["inputs_modified"] = [
             bool(s is not None and (t.shape != s.shape or not torch.equal(t.detach(), s)))
             for t, s in zip(inputs, snapshots)
