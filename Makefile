@@ -14,7 +14,7 @@ export MPLBACKEND := Agg
 NBGRADER := $(VENV)/bin/nbgrader
 ASSIGNMENT := attention_surgeon
 
-.PHONY: venv release validate autograde feedback export test gpu-check lab clean-grading
+.PHONY: venv release validate autograde autograde-gpu feedback export test gpu-check lab clean-grading
 
 # .venv from pinned versions, made on first use; remade when the lock changes.
 venv: $(VENV)/.installed
@@ -36,6 +36,10 @@ validate: venv
 # Grader: every submission under submitted/<student>/$(ASSIGNMENT)/ -> gradebook, autograded/, feedback/, grades.csv
 autograde: venv
 	$(PY) -m autograder.grade_submissions
+
+# Grader on a CUDA host: decide the GPU checks an earlier autograde left pending (nothing else).
+autograde-gpu: venv
+	$(PY) -m autograder.fill_gpu_checks
 
 feedback: venv
 	$(NBGRADER) generate_feedback $(ASSIGNMENT) --force

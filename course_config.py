@@ -60,6 +60,9 @@ SANDBOX = os.environ.get("ATTENTION_SURGEON_SANDBOX", "required")
 # GPU-tagged checks on a grader without CUDA are recorded as pending (neither
 # passed nor failed); a later `make autograde` on a CUDA host fills them in.
 GPU_CHECKS_WITHOUT_CUDA = "pending"
+# "auto": GPU checks run where torch sees CUDA. "off": grade as if there were no CUDA (every GPU
+# check pending), e.g. to keep a shared GPU free; `make autograde-gpu` fills them in later.
+GRADE_ON_CUDA = os.environ.get("ATTENTION_SURGEON_CUDA", "auto")
 
 # Hypothesis: every student gets the same examples (see autograder/strategies.py).
 HYPOTHESIS_MAX_EXAMPLES = 30

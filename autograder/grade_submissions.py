@@ -60,6 +60,28 @@ def read_problem(path):
     return None
 
 
+def repair_grade_ids(path):
+    """Duplicated or missing grade_ids crash nbgrader 0.9's OverwriteCells (a KeyError after
+    DeduplicateIds): the first cell with a grade_id keeps it, later copies become ordinary cells."""
+    nb = nbformat.read(path, as_version=4)
+    seen, problems = set(), []
+    for cell in nb.cells:
+        meta = cell.metadata.get("nbgrader")
+        if meta is None:
+            continue
+        grade_id = meta.get("grade_id")
+        if not grade_id or grade_id in seen:
+            del cell.metadata["nbgrader"]
+            problems.append(f"{path.name}: a second cell claimed to be '{grade_id}'; it was graded as an "
+                            f"ordinary cell." if grade_id else f"{path.name}: a cell had broken nbgrader metadata; "
+                            f"it was graded as an ordinary cell.")
+        else:
+            seen.add(grade_id)
+    if problems:
+        nbformat.write(nb, path)
+    return problems
+
+
 def stage(student):
     """Copy one submission into .grading/, repairing what nbgrader could not read."""
     report = SubmissionReport(student)
@@ -73,13 +95,16 @@ def stage(student):
     for release in release_notebooks():
         staged = target / release.name
         if not staged.exists():
-            report.problems.append(f"{release.name} was not submitted: it scores 0.")
+            shutil.copyfile(release, staged)  # graded as blank: every answer scores 0
+            report.problems.append(f"{release.name} was not submitted; it was graded as an unanswered notebook.")
             continue
         problem = read_problem(staged)
         if problem:
             shutil.copyfile(release, staged)  # graded as blank: every answer scores 0
             report.problems.append(f"{release.name} could not be read ({problem}); it was graded as an "
                                    f"unanswered notebook.")
+        else:
+            report.problems += repair_grade_ids(staged)
     return report
 
 

@@ -27,7 +27,7 @@ from traitlets import Bool, Integer
 
 import course_config
 
-from .checks import REGISTRY, run_check
+from .checks import REGISTRY, run_checks
 from .sandbox import sandboxed_kernel_manager_class
 from .student import SandboxedStudent
 
@@ -134,11 +134,10 @@ class SandboxedExecute(Execute):
 
 def decide_checks(code, sources, names, cuda_available, log):
     """{check name: Verdict} for `names`, against the student's `code` in one sandboxed worker."""
-    verdicts = {}
     with SandboxedStudent(code, sources=sources) as student:
-        for name in names:
-            verdicts[name] = run_check(name, student, cuda_available=cuda_available)
-            log.info("hidden check %s: %s", name, verdicts[name].status)
+        verdicts = run_checks(names, student, cuda_available=cuda_available)
+    for name, verdict in verdicts.items():
+        log.info("hidden check %s: %s", name, verdict.status)
     return verdicts
 
 
@@ -155,7 +154,7 @@ class StartTrustedChecks(NbGraderPreprocessor):
         if cuda is None:
             import torch
 
-            cuda = torch.cuda.is_available()
+            cuda = torch.cuda.is_available() and course_config.GRADE_ON_CUDA != "off"
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="trusted-checks")
         resources.setdefault("nbgrader", {})["trusted_checks"] = pool.submit(
             decide_checks, student_code(nb), student_written_code(nb), names, cuda, self.log)

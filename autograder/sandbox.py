@@ -12,6 +12,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import time
 import uuid
 from pathlib import Path
 
@@ -53,8 +54,11 @@ def sandbox_prefix(extra_ro_binds=(), extra_binds=(), chdir="/tmp"):
     ]
     for home in sorted(python_homes):
         args += ["--ro-bind", home, home]
-    for device in sorted(Path("/dev").glob("nvidia*")):  # CUDA hosts: the GPU, nothing else
+    gpus = sorted(Path("/dev").glob("nvidia*"))
+    for device in gpus:  # CUDA hosts: the GPU devices, and /sys read-only for the CUDA runtime
         args += ["--dev-bind", str(device), str(device)]
+    if gpus:
+        args += ["--ro-bind", "/sys", "/sys"]
     for source, target in extra_ro_binds:
         args += ["--ro-bind", str(source), str(target)]
     for source, target in extra_binds:
@@ -118,7 +122,8 @@ class ProcessCap:
         """SIGKILL everything in the group, until it is empty; then remove the group."""
         if not self.path:
             return
-        for _ in range(100):
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
             pids = self.pids()
             if not pids:
                 break
@@ -127,11 +132,12 @@ class ProcessCap:
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
+            time.sleep(0.02)  # killed processes leave the group once they are reaped
         try:
             self.path.rmdir()
+            self.path = None
         except OSError:
-            pass
-        self.path = None
+            pass  # still busy: a later kill_all (or the next grading run) removes it
 
 
 def _read(path):
@@ -153,6 +159,10 @@ def kernel_command(kernel_argv, work_dir, ipc_dir, cap):
     folder (`work_dir`, its cwd) and the folder of its IPC sockets, and nothing else of the host."""
     argv = [python_executable(), *kernel_argv[1:]]
     prefix = sandbox_prefix(extra_binds=[(work_dir, work_dir), (ipc_dir, ipc_dir)], chdir=str(work_dir))
+    if prefix:
+        # In its own pid namespace the kernel's parent is pid 1, which ipykernel's parent
+        # poller would take for "my parent died". bwrap's --die-with-parent does that job.
+        prefix += ["--unsetenv", "JPY_PARENT_PID"]
     return limited_command(prefix + argv, cap)
 
 

@@ -42,9 +42,10 @@ def user_env():
     return env
 
 
-def make(course_root, *targets, timeout=900, check=True):
-    """Run `make <targets>` in a course folder, as a user would."""
-    result = subprocess.run(["make", "-o", ".venv/.installed", *targets], cwd=course_root, env=user_env(),
+def make(course_root, *targets, timeout=900, check=True, env=None):
+    """Run `make <targets>` in a course folder, as a user would (`env` adds variables)."""
+    result = subprocess.run(["make", "-o", ".venv/.installed", *targets], cwd=course_root,
+                            env={**user_env(), **(env or {})},
                             capture_output=True, text=True, timeout=timeout)
     if check and result.returncode != 0:
         raise AssertionError(f"make {' '.join(targets)} failed ({result.returncode}):\n"

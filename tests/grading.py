@@ -1,7 +1,7 @@
 """Grade a notebook's hidden checks the way TrustedChecks does (without the kernel run)."""
 import re
 
-from autograder.checks import run_check
+from autograder.checks import run_checks
 from autograder.pipeline import hidden_check_name, student_code, student_written_code
 from autograder.student import SandboxedStudent
 from tests.students import NB1, source_notebook
@@ -13,11 +13,28 @@ def check_points(name=NB1):
             for c in source_notebook(name).cells if hidden_check_name(c)}
 
 
+def gpu_checks():
+    from autograder.checks import REGISTRY
+
+    return {name for name, c in REGISTRY.items() if c.gpu}
+
+
+def cuda_available():
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def decidable_points(name=NB1):
+    """{check: points} for the checks this host can decide (GPU checks only with CUDA)."""
+    return {c: p for c, p in check_points(name).items() if cuda_available() or c not in gpu_checks()}
+
+
 def grade_checks(nb, name=NB1):
     """{check name: Verdict} for every hidden check of notebook `name`, against `nb`'s code."""
     points = check_points(name)
     with SandboxedStudent(student_code(nb), sources=student_written_code(nb)) as student:
-        return {check: run_check(check, student) for check in points}
+        return run_checks(list(points), student)
 
 
 def score(verdicts, name=NB1):

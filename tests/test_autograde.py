@@ -11,7 +11,7 @@ import pytest
 from nbgrader.api import Gradebook
 
 from tests.conftest import make, read_grades, tree_digest
-from tests.grading import check_points
+from tests.grading import check_points, cuda_available, decidable_points, gpu_checks
 from tests.students import NB1, reference_answers, student_notebook, write_submission
 
 pytestmark = pytest.mark.xdist_group("autograde_e2e")  # one graded batch, shared by this module
@@ -83,7 +83,7 @@ def graded_course(tmp_path_factory):
 
 def test_grades_csv_holds_the_expected_scores(graded_course):
     root, _, _ = graded_course
-    full = sum(check_points().values())
+    full = sum(decidable_points().values())
     no_scale = full - sum(check_points()[c] for c in NO_SCALE_FAILS)
     assert read_grades(root) == {
         "correct": full,
@@ -103,9 +103,25 @@ def test_every_check_is_recorded_in_the_gradebook(graded_course):
         notebook = gb.find_submission_notebook(NB1, "attention_surgeon", "correct")
         scores = {g.name: g.auto_score for g in notebook.grades}
         failed = {g.name: g.auto_score for g in gb.find_submission_notebook(NB1, "attention_surgeon", "no_scale").grades}
-    for check, worth in points.items():
+    for check, worth in decidable_points().items():
         assert scores[f"check_{check}"] == worth
         assert failed[f"check_{check}"] == (0.0 if check in NO_SCALE_FAILS else worth)
+
+
+@pytest.mark.skipif(cuda_available(), reason="the pending path is for graders without CUDA")
+def test_gpu_checks_are_pending_without_cuda(graded_course):
+    """Neither passed nor failed: no score, flagged for grading, and the feedback says why."""
+    root, _, _ = graded_course
+    with Gradebook(f"sqlite:///{root / 'gradebook.db'}") as gb:
+        for student in ("correct", "no_scale"):
+            grades = {g.name: g for g in gb.find_submission_notebook(NB1, "attention_surgeon", student).grades}
+            for check in gpu_checks():
+                grade = grades[f"check_{check}"]
+                assert grade.auto_score is None and grade.manual_score is None and grade.needs_manual_grade
+    _, text = feedback_text(root, "correct")
+    for check in gpu_checks():
+        assert f"hidden check {check}: pending" in text
+    assert "needs a CUDA device" in text
 
 
 def feedback_text(root, student):

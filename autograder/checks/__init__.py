@@ -29,6 +29,7 @@ class Check:
     notebook: str
     run: Callable
     gpu: bool = False
+    family: str | None = None  # checks of one function; a forbidden shortcut voids the whole family
 
 
 @dataclass(frozen=True)
@@ -40,14 +41,33 @@ class Verdict:
 REGISTRY: dict[str, Check] = {}
 
 
-def check(name, notebook, gpu=False):
+def check(name, notebook, gpu=False, family=None):
     """Register a check function under `name` (the name a hidden-check cell uses)."""
     def register(function):
         if name in REGISTRY:
             raise ValueError(f"two checks are named {name!r}")
-        REGISTRY[name] = Check(name, notebook, function, gpu)
+        REGISTRY[name] = Check(name, notebook, function, gpu, family)
         return function
     return register
+
+
+def void_family(student, family, message):
+    """Fail every check of `family` for this student (e.g. attention that calls PyTorch's own)."""
+    if not hasattr(student, "voided"):
+        student.voided = {}
+    student.voided.setdefault(family, message)
+    raise CheckFailed(message)
+
+
+def run_checks(names, student, cuda_available=None):
+    """{name: Verdict} for `names`; a family voided by any check fails as a whole, whatever the order."""
+    verdicts = {name: run_check(name, student, cuda_available) for name in names}
+    voided = getattr(student, "voided", {})
+    for name in names:
+        family = REGISTRY[name].family if name in REGISTRY else None
+        if family in voided and verdicts[name].status == "passed":
+            verdicts[name] = Verdict("failed", voided[family])
+    return verdicts
 
 
 def run_check(name, student, cuda_available=None):
@@ -92,4 +112,4 @@ def checks_for(notebook):
 
 
 # Importing the check modules registers their checks.
-from . import attention  # noqa: E402,F401
+from . import attention, attention_on_cuda  # noqa: E402,F401

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from ..reference import reference_attention, reference_with_grads, tolerance_for
 from ..static_scan import find_forbidden
 from ..strategies import GRADING, AttentionCase, attention_inputs, fixed_case, random_values
-from . import CheckFailed, check
+from . import CheckFailed, check, void_family
 from .expectations import (expect_close, expect_exactly_zero, expect_finite, expect_no_error, expect_pair,
                            expect_shape, expect_tensor, shape_mentioned, what)
 
@@ -27,11 +27,12 @@ def refuse_ready_made_attention(student, outcome=None):
         student.forbidden_findings = find_forbidden(student.sources)  # read once per student
     if student.forbidden_findings:
         where = "; ".join(f"{word} (cell {cell}, line {line})" for cell, line, word in student.forbidden_findings[:5])
-        raise CheckFailed(f"your code uses ready-made attention, which this assignment asks you to build "
-                          f"yourself: {where}")
+        void_family(student, "attention", f"your code uses ready-made attention, which this assignment asks you "
+                                          f"to build yourself: {where}. No attention check can pass.")
     if outcome is not None and outcome.fused:
-        raise CheckFailed(f"your attention() ran PyTorch's ready-made attention ({', '.join(outcome.fused[:3])}); "
-                          f"build it from matmul and softmax yourself")
+        void_family(student, "attention", f"your attention() ran PyTorch's ready-made attention "
+                                          f"({', '.join(outcome.fused[:3])}); build it from matmul and softmax "
+                                          f"yourself. No attention check can pass.")
 
 
 def call_attention(student, case, **options):
@@ -67,7 +68,7 @@ def given_cases(strategy):
     return decorate
 
 
-@check("attention_matches_reference", NOTEBOOK)
+@check("attention_matches_reference", NOTEBOOK, family="attention")
 def attention_matches_reference(student):
     @given_cases(attention_inputs())
     @example(case=fixed_case((2, 5, 4), (2, 7, 4), (2, 7, 3)))  # 3-D, L != S
@@ -79,7 +80,7 @@ def attention_matches_reference(student):
     agrees()
 
 
-@check("attention_bool_masks", NOTEBOOK)
+@check("attention_bool_masks", NOTEBOOK, family="attention")
 def attention_bool_masks(student):
     square = torch.tensor([[True, False, True], [True, True, False], [False, True, True]])
     per_item = torch.rand(2, 4, 5, generator=torch.Generator().manual_seed(0)) < 0.6
@@ -96,7 +97,7 @@ def attention_bool_masks(student):
     agrees()
 
 
-@check("attention_float_masks", NOTEBOOK)
+@check("attention_float_masks", NOTEBOOK, family="attention")
 def attention_float_masks(student):
     bias = torch.tensor([[0.0, -1.0, 2.0], [0.5, float("-inf"), 0.0]])  # [L=2, S=3]
 
@@ -151,7 +152,7 @@ def expect_gradients_match(student, case, rows=None):
         expect_close(got, ref, tolerance_for(case.Q.dtype, ref, low), name, call_text)
 
 
-@check("attention_fully_masked_rows", NOTEBOOK)
+@check("attention_fully_masked_rows", NOTEBOOK, family="attention")
 def attention_fully_masked_rows(student):
     nobody_row = torch.tensor([[True, True, False], [False, False, False], [False, True, True]])  # row 1 blocked
     minus_inf_row = torch.zeros(3, 4).index_fill(0, torch.tensor([2]), float("-inf"))  # row 2 blocked
@@ -181,7 +182,7 @@ def attention_fully_masked_rows(student):
     with_float_masks()
 
 
-@check("attention_empty_sequences", NOTEBOOK)
+@check("attention_empty_sequences", NOTEBOOK, family="attention")
 def attention_empty_sequences(student):
     @given_cases(attention_inputs(min_len=0, min_batch=0))
     @example(case=fixed_case((2, 0, 4), (2, 5, 4), (2, 5, 3)))  # L = 0
@@ -236,7 +237,7 @@ FAULTS = {
 }
 
 
-@check("attention_rejects_bad_inputs", NOTEBOOK)
+@check("attention_rejects_bad_inputs", NOTEBOOK, family="attention")
 def attention_rejects_bad_inputs(student):
     @GRADING
     @given(case=attention_inputs(broadcast=False), fault=st.sampled_from(sorted(FAULTS)))
@@ -260,7 +261,7 @@ def attention_rejects_bad_inputs(student):
     rejects()
 
 
-@check("attention_numerically_stable", NOTEBOOK)
+@check("attention_numerically_stable", NOTEBOOK, family="attention")
 def attention_numerically_stable(student):
     # Scores of exactly +1e4 and -1e4: exp(1e4) overflows float32 unless the row max is subtracted.
     q = torch.tensor([[[100.0]]])  # [1, L=1, d_k=1]
@@ -279,7 +280,7 @@ def attention_numerically_stable(student):
     stays_finite()
 
 
-@check("attention_keeps_dtype_and_inputs", NOTEBOOK)
+@check("attention_keeps_dtype_and_inputs", NOTEBOOK, family="attention")
 def attention_keeps_dtype_and_inputs(student):
     dtypes = st.sampled_from([torch.float64, torch.float32, torch.float16, torch.bfloat16])
 
@@ -308,7 +309,7 @@ def attention_keeps_dtype_and_inputs(student):
     keeps()
 
 
-@check("attention_gradients", NOTEBOOK)
+@check("attention_gradients", NOTEBOOK, family="attention")
 def attention_gradients(student):
     @given_cases(attention_inputs(mask_kind=None))
     @example(case=fixed_case((2, 3, 4), (2, 5, 4), (2, 5, 2)))
@@ -319,7 +320,7 @@ def attention_gradients(student):
     flows()
 
 
-@check("attention_no_fused_kernels", NOTEBOOK)
+@check("attention_no_fused_kernels", NOTEBOOK, family="attention")
 def attention_no_fused_kernels(student):
     """The static scan, the worker's tripwires and a trace of the dispatcher's ops (call_attention)."""
     for case in (fixed_case((2, 3, 4), (2, 5, 4), (2, 5, 2)),

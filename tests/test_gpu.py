@@ -1,0 +1,90 @@
+"""GPU-tagged cells and checks (DESIGN section 7).
+
+Without CUDA (CI): GPU checks are pending, never passed or failed, `make gpu-check` and
+`make autograde-gpu` say so and change nothing, the public GPU cell prints its skip message.
+With CUDA (tests marked `gpu`, skipped cleanly elsewhere): the checks pass on the reference
+solution, and a CPU tensor built inside attention() fails with a message that says so.
+"""
+import nbformat
+import pytest
+import torch
+
+from autograder.checks import REGISTRY, run_check
+from tests.conftest import make, tree_digest
+from tests.grading import grade_checks, gpu_checks, replace_in
+from tests.students import ASSIGNMENT, NB1, ROOT, reference_answers, source_notebook, student_notebook
+
+CUDA = torch.cuda.is_available()
+needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
+
+
+def test_gpu_cells_are_tagged_and_their_checks_registered_as_gpu():
+    tagged = [c for c in source_notebook().cells if "gpu" in c.metadata.get("tags", [])]
+    assert len(tagged) >= 3
+    for cell in tagged:
+        if "hidden_check(" in cell.source:
+            name = cell.source.split('hidden_check("')[1].split('"')[0]
+            assert REGISTRY[name].gpu
+    assert gpu_checks() == {"cuda_attention_matches", "cuda_causal_mask"}
+
+
+@pytest.mark.skipif(CUDA, reason="the pending path is for hosts without CUDA")
+def test_without_cuda_gpu_checks_are_pending_with_the_reason():
+    for name in gpu_checks():
+        verdict = run_check(name, student=None)
+        assert verdict.status == "pending" and "CUDA" in verdict.message
+
+
+@pytest.mark.skipif(CUDA, reason="the skip message is for hosts without CUDA")
+def test_gpu_check_without_cuda_says_what_ran_where(course):
+    result = make(course, "gpu-check")
+    assert "available: False" in result.stdout
+    assert "not run (no CUDA here)" in result.stdout and "pending" in result.stdout
+
+
+@pytest.mark.skipif(CUDA, reason="filling in is a no-op only without CUDA")
+def test_autograde_gpu_without_cuda_changes_nothing(course):
+    def state():
+        return {k: v for k, v in tree_digest(course).items() if "__pycache__" not in k and ".hypothesis" not in k}
+
+    before = state()
+    result = make(course, "autograde-gpu")
+    assert "nothing was changed" in result.stdout
+    assert state() == before
+
+
+@pytest.mark.skipif(CUDA, reason="the skip message is for hosts without CUDA")
+def test_public_gpu_cell_skips_with_a_message(monkeypatch):
+    from nbclient import NotebookClient
+
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    nb = nbformat.read(ROOT / "solutions" / ASSIGNMENT / f"{NB1}.ipynb", as_version=4)
+    gpu_cell = next(i for i, c in enumerate(nb.cells) if c.metadata.get("nbgrader", {}).get("grade_id") == "test_on_gpu")
+    nb.cells = [c for i, c in enumerate(nb.cells) if c.cell_type == "code" and i <= gpu_cell
+                and "hidden_check(" not in c.source]
+    NotebookClient(nb, timeout=300, kernel_name="python3").execute()
+    assert "CUDA is not available here, so this GPU test is skipped" in nb.cells[-1].outputs[0]["text"]
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_gpu_checks_pass_on_the_reference_solution():
+    verdicts = grade_checks(student_notebook(reference_answers()))
+    assert {n: v.message for n, v in verdicts.items() if n in gpu_checks() and v.status != "passed"} == {}
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_a_cpu_tensor_inside_attention_fails_on_cuda_with_a_hint():
+    mutate = replace_in("apply_mask", "return scores.masked_fill(~mask, NEG_INF)",
+                        "return scores.masked_fill(~mask.cpu(), torch.tensor(NEG_INF))")
+    verdicts = grade_checks(student_notebook(mutate(reference_answers())))
+    assert verdicts["cuda_attention_matches"].status == "failed"
+    assert "on the CPU" in verdicts["cuda_attention_matches"].message
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_gpu_check_runs_there(course):
+    result = make(course, "gpu-check")
+    assert "available: True" in result.stdout and "ran on cuda:0" in result.stdout

@@ -1,0 +1,278 @@
+"""Hostile and broken submissions, graded in one batch through `make autograde` (DESIGN section 5.3).
+
+For every attack: the student gains nothing, no other student's grade moves,
+the batch finishes in bounded time, and nothing is left running. Each attack
+starts from the correct answers, so a harmless attack keeps full marks and a
+harmful one would show as a score above what its honest code earns.
+"""
+import copy
+import json
+import re
+import socket
+import threading
+import time
+from html import unescape
+
+import nbformat
+import psutil
+import pytest
+
+from tests.conftest import COURSE_FILES, ROOT, _copy, make, read_grades, tree_digest
+from tests.grading import check_points, decidable_points
+from tests.students import NB1, reference_answers, student_notebook, write_submission
+
+pytestmark = pytest.mark.xdist_group("hostile_batch")
+
+FULL = sum(decidable_points().values())  # GPU checks stay pending without CUDA
+MASK_POINTS = check_points()["causal_mask"] + check_points()["reverse_mask"]
+LIMITS = {"ATTENTION_SURGEON_CELL_TIMEOUT_S": "15", "ATTENTION_SURGEON_CALL_TIMEOUT_S": "5",
+          "ATTENTION_SURGEON_WORKER_START_TIMEOUT_S": "90", "ATTENTION_SURGEON_SUBMISSION_TIMEOUT_S": "400",
+          "ATTENTION_SURGEON_MEMORY_LIMIT_MB": "4096", "ATTENTION_SURGEON_MAX_PROCESSES": "64"}
+ORPHAN_MARK = "7371"  # `sleep 73710` etc.: what the orphan attack leaves behind, if anything
+
+
+def attack(code):
+    """The correct answers plus one cell of attack code right after the setup cell."""
+    return student_notebook(reference_answers(), extra_cells=[("setup", code)])
+
+
+def secret_paths(course):
+    paths = [course / "autograder" / "checks" / "attention.py", course / "solutions" / "attention_surgeon" /
+             f"{NB1}.ipynb", course / "source" / "attention_surgeon" / f"{NB1}.ipynb", course / "gradebook.db",
+             course / "submitted" / "bystander" / "attention_surgeon" / f"{NB1}.ipynb"]
+    return [str(p) for p in paths] + ["../../../autograder/checks/attention.py", "../../../../gradebook.db"]
+
+
+def attacks(course, port):
+    paths = json.dumps(secret_paths(course))
+    gradebook = json.dumps(str(course / "gradebook.db"))
+    grades_csv = json.dumps(str(course / "grades.csv"))
+    return {
+        "reads_secrets": attack(f"""
+import os
+for path in {paths}:
+    try:
+        print("READ", path, open(path, errors="replace").read()[:100000])
+    except Exception as err:
+        print("NO", path, type(err).__name__)
+get_ipython().events.register("post_run_cell", lambda *a: print(open({paths}[0]).read()))
+"""),
+        "writes_gradebook": attack(f"""
+import sqlite3
+for target in [{gradebook}, "../../../gradebook.db"]:
+    try:
+        db = sqlite3.connect(target)
+        db.execute("UPDATE grade SET auto_score = 1000")
+        db.execute("UPDATE grade_cells SET max_score = 0")
+        db.commit()
+        print("WROTE", target)
+    except Exception as err:
+        print("NO", target, type(err).__name__)
+for target in [{grades_csv}, "../../../grades.csv"]:
+    try:
+        open(target, "w").write("student_id,raw_score\\nwrites_gradebook,1000\\n")
+    except Exception as err:
+        print("NO", target, type(err).__name__)
+"""),
+        "infinite_loop": attack("while True:\n    pass"),
+        "os_exit": attack("import os\nos._exit(0)"),
+        "memory_hog": attack("hog = bytearray(64 * 2**30)"),
+        "orphans": attack(f"""
+import os, subprocess
+subprocess.Popen(["sleep", "{ORPHAN_MARK}0"], start_new_session=True)
+os.system("nohup sleep {ORPHAN_MARK}1 >/dev/null 2>&1 &")
+if os.fork() == 0:
+    os.setsid()
+    os.execvp("sleep", ["sleep", "{ORPHAN_MARK}2"])
+"""),
+        "huge_output": attack("print('x' * 40_000_000)\nfor i in range(200_000):\n    print(i)"),
+        "opens_socket": attack(f"""
+import socket
+for host in ["127.0.0.1", "localhost"]:
+    try:
+        socket.create_connection((host, {port}), timeout=3).sendall(b"pwned")
+        print("CONNECTED", host)
+    except Exception as err:
+        print("NO", host, type(err).__name__)
+"""),
+        "fused_through_getattr": student_notebook({**reference_answers(), "attention": (
+            "import torch.nn.functional as F\n"
+            "def attention(Q, K, V, mask=None, scale=True):\n"
+            "    check_attention_inputs(Q, K, V, mask)\n"
+            "    sdpa = getattr(F, ''.join(reversed('noitnetta_tcudorp_tod_delacs')))\n"
+            "    m = mask if mask is None or mask.dim() > 1 else mask.expand(Q.shape[-2], -1)\n"
+            "    out = sdpa(Q, K, V, attn_mask=m, scale=None if scale else 1.0)\n"
+            "    return out, masked_softmax(apply_mask(compute_scores(Q, K, scale), mask))")}),
+    }
+
+
+def broken_inputs():
+    correct = student_notebook(reference_answers())
+    deleted = copy.deepcopy(correct)
+    deleted.cells = [c for c in deleted.cells if not c.metadata.get("nbgrader", {}).get("grade")
+                     or c.metadata.nbgrader.get("solution")]
+    edited = copy.deepcopy(correct)
+    to_markdown = copy.deepcopy(correct)
+    for nb, change in ((edited, "edit"), (to_markdown, "markdown")):
+        for cell in nb.cells:
+            meta = cell.metadata.get("nbgrader", {})
+            if meta.get("grade") and not meta.get("solution"):
+                if change == "edit":
+                    cell.source = "print('all good')"
+                else:
+                    cell.cell_type = "markdown"
+                    cell.pop("outputs", None)
+                    cell.pop("execution_count", None)
+    duplicated = copy.deepcopy(correct)
+    solution = next(c for c in duplicated.cells if c.metadata.get("nbgrader", {}).get("grade_id") == "attention")
+    duplicated.cells.append(copy.deepcopy(solution))
+    huge = copy.deepcopy(correct)
+    huge.cells[1].outputs = [nbformat.v4.new_output("stream", name="stdout", text="y" * 100_000_000)]
+    return {"deleted_tests": deleted, "edited_tests": edited, "tests_to_markdown": to_markdown,
+            "duplicate_grade_ids": duplicated, "empty_file": "", "huge_stored_output": huge}
+
+
+class Listener:
+    """A loopback listener that records whoever connects; bounded: it stops when told or after 20 min."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.sock.settimeout(0.5)
+        self.port = self.sock.getsockname()[1]
+        self.received = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self):
+        deadline = time.monotonic() + 1200
+        while not self.stop.is_set() and time.monotonic() < deadline:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            with conn:
+                conn.settimeout(1)
+                try:
+                    self.received.append(conn.recv(100) or b"(connected)")
+                except OSError:
+                    self.received.append(b"(connected)")
+
+    def close(self):
+        self.stop.set()
+        self.thread.join(timeout=5)
+        self.sock.close()
+
+
+def orphan_processes():
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = " ".join(proc.info["cmdline"] or [])
+        if f"sleep {ORPHAN_MARK}" in cmdline:
+            found.append(cmdline)
+    return found
+
+
+@pytest.fixture(scope="module")
+def hostile_batch(tmp_path_factory):
+    course = tmp_path_factory.mktemp("hostile") / "course"
+    course.mkdir()
+    for name in COURSE_FILES:
+        _copy(ROOT / name, course / name)
+    (course / ".venv").symlink_to(ROOT / ".venv")
+    make(course, "release")
+    listener = Listener()
+    try:
+        students = {"bystander": student_notebook(reference_answers()), **attacks(course, listener.port),
+                    **broken_inputs()}
+        for student, nb in students.items():
+            write_submission(course, student, {NB1: nb})
+        (course / "submitted" / "missing_notebook" / "attention_surgeon").mkdir(parents=True)
+        before = tree_digest(course / "submitted")
+        started = time.monotonic()
+        result = make(course, "autograde", env=LIMITS, timeout=1800)
+        elapsed = time.monotonic() - started
+        time.sleep(1)
+        received = list(listener.received)
+    finally:
+        listener.close()
+    return {"course": course, "before": before, "elapsed": elapsed, "received": received,
+            "output": result.stdout, "orphans": orphan_processes()}
+
+
+def autograded_text(course, student):
+    nb = nbformat.read(course / "autograded" / student / "attention_surgeon" / f"{NB1}.ipynb", as_version=4)
+    return json.dumps([c.get("outputs", []) for c in nb.cells])
+
+
+def feedback_text(course, student):
+    html = (course / "feedback" / student / "attention_surgeon" / f"{NB1}.html").read_text()
+    return unescape(re.sub(r"<[^>]+>", "", html))
+
+
+def test_every_attack_gains_nothing_and_no_other_grade_moves(hostile_batch):
+    grades = read_grades(hostile_batch["course"])
+    expected = {
+        "bystander": FULL,
+        "reads_secrets": FULL, "writes_gradebook": FULL, "infinite_loop": FULL, "os_exit": FULL,
+        "memory_hog": FULL, "orphans": FULL, "huge_output": FULL, "opens_socket": FULL,
+        "fused_through_getattr": MASK_POINTS,  # ready-made attention: every attention check is lost
+        "deleted_tests": FULL, "edited_tests": FULL, "tests_to_markdown": FULL,
+        "duplicate_grade_ids": FULL, "huge_stored_output": FULL,
+        "empty_file": 0.0, "missing_notebook": 0.0,
+    }
+    assert grades == expected
+
+
+def test_the_batch_finishes_in_bounded_time_and_leaves_nothing_running(hostile_batch):
+    assert hostile_batch["elapsed"] < 1500
+    assert hostile_batch["orphans"] == []
+    assert not [p for p in psutil.process_iter(["cmdline"])
+                if "ipykernel_launcher" in " ".join(p.info["cmdline"] or []) and "attention-surgeon-kernel" in
+                " ".join(p.info["cmdline"] or [])]
+
+
+def test_no_network(hostile_batch):
+    assert hostile_batch["received"] == []
+    assert "CONNECTED" not in autograded_text(hostile_batch["course"], "opens_socket")
+
+
+def test_secrets_are_out_of_reach(hostile_batch):
+    course = hostile_batch["course"]
+    outputs = autograded_text(course, "reads_secrets")  # what the student's code printed
+    assert "READ " not in outputs and "NO " in outputs
+    feedback = feedback_text(course, "reads_secrets")
+    for name in ("reference_with_grads", "expect_matches_reference", "### BEGIN SOLUTION", "def attention_gradients"):
+        assert name not in outputs and name not in feedback
+
+
+def test_gradebook_and_submitted_are_untouched(hostile_batch):
+    course = hostile_batch["course"]
+    assert tree_digest(course / "submitted") == hostile_batch["before"]
+    assert "WROTE" not in autograded_text(course, "writes_gradebook")
+    assert read_grades(course)["writes_gradebook"] == FULL
+
+
+def test_output_is_capped(hostile_batch):
+    course = hostile_batch["course"]
+    feedback = course / "feedback" / "huge_output" / "attention_surgeon" / f"{NB1}.html"
+    assert feedback.stat().st_size < 2_000_000
+    assert "output truncated" in autograded_text(course, "huge_output")
+    assert (course / "autograded" / "huge_stored_output" / "attention_surgeon" / f"{NB1}.ipynb").stat().st_size < 2_000_000
+
+
+def test_killed_or_stopped_kernels_get_a_clear_reason(hostile_batch):
+    course = hostile_batch["course"]
+    assert "ran longer than 15 s" in autograded_text(course, "infinite_loop")
+    assert "kernel died" in autograded_text(course, "os_exit")
+    assert "MemoryError" in autograded_text(course, "memory_hog")
+
+
+def test_broken_notebooks_get_a_clear_note(hostile_batch):
+    course = hostile_batch["course"]
+    notes = {s: (course / "feedback" / s / "attention_surgeon" / "grading_notes.html") for s in
+             ("empty_file", "missing_notebook")}
+    assert "could not be read" in notes["empty_file"].read_text()
+    assert "was not submitted" in notes["missing_notebook"].read_text()
