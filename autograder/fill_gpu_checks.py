@@ -20,7 +20,7 @@ import course_config
 from .checks import REGISTRY
 from .nbgrader_cli import run_nbgrader
 from .pipeline import decide_checks, hidden_check_name, student_code, student_written_code, verdict_outputs
-from .sandbox import SandboxUnavailable, preflight
+from .sandbox import refuse_unless_sandbox_works
 
 
 class _Log:
@@ -45,11 +45,9 @@ def main():
     if not torch.cuda.is_available() or course_config.GRADE_ON_CUDA == "off":
         print("no CUDA on this host: the pending GPU checks stay pending; nothing was changed")
         return 0
-    try:
-        preflight()
-    except SandboxUnavailable as err:
-        print(f"GRADING REFUSED: {err}", file=sys.stderr)
-        return 2
+    refused = refuse_unless_sandbox_works()
+    if refused:
+        return refused
     filled = 0
     assignment = course_config.ASSIGNMENT
     with Gradebook(course_config.c.CourseDirectory.db_url) as gradebook:

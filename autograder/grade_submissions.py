@@ -29,7 +29,7 @@ import nbformat
 import course_config
 
 from .nbgrader_cli import nbgrader_env, run_nbgrader
-from .sandbox import SandboxUnavailable, preflight
+from .sandbox import refuse_unless_sandbox_works
 
 ROOT = course_config.COURSE_ROOT
 ASSIGNMENT = course_config.ASSIGNMENT
@@ -192,11 +192,9 @@ def main():
     if not everyone:
         print(f"nothing to grade: no submitted/<student>/{ASSIGNMENT}/ folders")
         return 0
-    try:
-        preflight()
-    except SandboxUnavailable as err:
-        print(f"GRADING REFUSED: {err}", file=sys.stderr)
-        return 2
+    refused = refuse_unless_sandbox_works()
+    if refused:
+        return refused
     # The gradebook learns the assignment (its cells, points, checksums) from source/.
     run_nbgrader("generate_assignment", ASSIGNMENT, "--force",
                  f"--CourseDirectory.release_directory={STAGING / 'release'}", stdout=subprocess.DEVNULL)

@@ -221,6 +221,16 @@ def sandboxed_kernel_manager_class():
     return _SandboxedKernelManager
 
 
+def refuse_unless_sandbox_works():
+    """For commands that grade: None when the sandbox works, else print why and return exit status 2."""
+    try:
+        preflight()
+    except SandboxUnavailable as err:
+        print(f"GRADING REFUSED: {err}", file=sys.stderr)
+        return 2
+    return None
+
+
 def preflight():
     """Start a worker with no student code and call it once; raise SandboxUnavailable if that fails.
 

@@ -211,6 +211,8 @@ class SandboxedStudent(StudentCode):
             self._launch()
             index = None
             try:
+                self._send({"op": "ping"})  # start-up (sandbox, torch import) is not any cell's time
+                self._receive(deadline)
                 for index, source in enumerate(self.cells):
                     if index in self.skipped_cells:
                         continue

@@ -22,18 +22,22 @@ def _copy(src, dst):
         shutil.copy2(src, dst)  # keep mtimes: make must not think the venv is stale
 
 
-@pytest.fixture
-def course(tmp_path):
-    """A copy of the course in a temporary folder: its own gradebook, submitted/, feedback/.
+def copy_course(parent):
+    """A copy of the course in `parent`/course: its own gradebook, submitted/, feedback/.
 
     It shares the repository's .venv (a symlink), so nothing is reinstalled.
     """
-    root = tmp_path / "course"
+    root = Path(parent) / "course"
     root.mkdir()
     for name in COURSE_FILES:
         _copy(ROOT / name, root / name)
     (root / ".venv").symlink_to(ROOT / ".venv")
     return root
+
+
+@pytest.fixture
+def course(tmp_path):
+    return copy_course(tmp_path)
 
 
 def user_env():

@@ -1,8 +1,9 @@
 """End to end, as users do it: `make release`, students fill in the release notebook, `make autograde`.
 
-One batch holds honest, buggy, blank and broken submissions and three that try
-to grade themselves (DESIGN section 5); grades.csv must hold the expected
-scores and every feedback page must show verdicts, never check code.
+One batch holds honest, buggy, blank and broken submissions and one that patches
+the comparison functions (the other attacks are in test_hostile.py); grades.csv
+must hold the expected scores and every feedback page must show verdicts, never
+check code.
 """
 import re
 from html import unescape
@@ -10,11 +11,9 @@ from html import unescape
 import pytest
 from nbgrader.api import Gradebook
 
-from tests.conftest import make, read_grades, tree_digest
+from tests.conftest import copy_course, make, read_grades, tree_digest
 from tests.grading import check_points, cuda_available, decidable_points, gpu_checks
 from tests.students import NB1, reference_answers, student_notebook, write_submission
-
-pytestmark = pytest.mark.xdist_group("autograde_e2e")  # one graded batch, shared by this module
 
 NO_SCALE = ("scores = scores / math.sqrt(Q.shape[-1])", "scores = scores")
 CHEAT_PATCHES = """
@@ -24,24 +23,6 @@ torch.testing.assert_close = lambda *a, **k: None
 numpy.allclose = lambda *a, **k: True
 torch.Tensor.__eq__ = lambda self, other: torch.ones((), dtype=torch.bool)
 """
-ALWAYS_EQUAL = """
-class Anything:
-    def __eq__(self, other): return True
-    def __ne__(self, other): return False
-    def __getattr__(self, name): return lambda *a, **k: self
-    shape = property(lambda self: self)
-    dtype = property(lambda self: self)
-
-def attention(Q, K, V, mask=None, scale=True):
-    return Anything(), Anything()
-"""
-INPUT_TRANSFORMER = """
-def attention(Q, K, V, mask=None, scale=True):
-    return None, None
-get_ipython().input_transformers_cleanup.append(lambda lines: ['pass\\n'])
-"""
-# Points the checks of create_causal_mask and create_reverse_mask are worth.
-MASK_POINTS = check_points()["causal_mask"] + check_points()["reverse_mask"]
 # The checks a missing 1/sqrt(d_k) fails (every check that compares values against the reference).
 NO_SCALE_FAILS = ["attention_matches_reference", "attention_bool_masks", "attention_float_masks",
                   "attention_fully_masked_rows", "attention_empty_sequences", "attention_keeps_dtype_and_inputs",
@@ -58,21 +39,13 @@ def submissions():
         "no_scale": no_scale,
         "blank": student_notebook({}),
         "broken_json": '{"cells": [ this is not json',
-        "rewrites_later_cells": student_notebook({**answers, "attention": INPUT_TRANSFORMER}),
         "patches_comparisons": patched,
-        "always_equal": student_notebook({**answers, "attention": ALWAYS_EQUAL}),
     }
 
 
 @pytest.fixture(scope="module")
 def graded_course(tmp_path_factory):
-    from tests.conftest import COURSE_FILES, ROOT, _copy
-
-    root = tmp_path_factory.mktemp("e2e") / "course"
-    root.mkdir()
-    for name in COURSE_FILES:
-        _copy(ROOT / name, root / name)
-    (root / ".venv").symlink_to(ROOT / ".venv")
+    root = copy_course(tmp_path_factory.mktemp("e2e"))
     make(root, "release")
     for student, nb in submissions().items():
         write_submission(root, student, {NB1: nb})
@@ -90,9 +63,7 @@ def test_grades_csv_holds_the_expected_scores(graded_course):
         "no_scale": no_scale,
         "blank": 0.0,
         "broken_json": 0.0,
-        "rewrites_later_cells": 0.0,  # attention returns (None, None); later cells are `pass` everywhere
         "patches_comparisons": no_scale,  # patching comparisons changes nothing: no_scale's score exactly
-        "always_equal": MASK_POINTS,  # only its (honest) mask functions earn points
     }
 
 
@@ -145,7 +116,7 @@ def test_feedback_shows_counterexamples_and_no_check_code(graded_course):
                 assert line not in text, f"check code in feedback: {line}"
     grader_only = ("reference_with_grads", "expect_matches_reference", "given_cases", "refuse_ready_made_attention",
                    "def attention_gradients", "tolerance_for(")
-    for student in ("correct", "always_equal", "patches_comparisons", "no_scale"):
+    for student in ("correct", "patches_comparisons", "no_scale"):
         _, text = feedback_text(root, student)
         assert not [name for name in grader_only if name in text]
 

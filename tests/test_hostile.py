@@ -2,8 +2,10 @@
 
 For every attack: the student gains nothing, no other student's grade moves,
 the batch finishes in bounded time, and nothing is left running. Each attack
-starts from the correct answers, so a harmless attack keeps full marks and a
-harmful one would show as a score above what its honest code earns.
+starts from the same honest base (the two mask functions done, attention left
+as the stub), worth exactly MASK_POINTS: an attack that gained anything would
+score more, one that broke grading would score less. A fully correct
+bystander is graded in the same batch.
 """
 import copy
 import json
@@ -17,23 +19,26 @@ import nbformat
 import psutil
 import pytest
 
-from tests.conftest import COURSE_FILES, ROOT, _copy, make, read_grades, tree_digest
+from tests.conftest import copy_course, make, read_grades, tree_digest
 from tests.grading import check_points, decidable_points
 from tests.students import NB1, reference_answers, student_notebook, write_submission
 
-pytestmark = pytest.mark.xdist_group("hostile_batch")
-
 FULL = sum(decidable_points().values())  # GPU checks stay pending without CUDA
 MASK_POINTS = check_points()["causal_mask"] + check_points()["reverse_mask"]
-LIMITS = {"ATTENTION_SURGEON_CELL_TIMEOUT_S": "15", "ATTENTION_SURGEON_CALL_TIMEOUT_S": "5",
+LIMITS = {"ATTENTION_SURGEON_CELL_TIMEOUT_S": "8", "ATTENTION_SURGEON_CALL_TIMEOUT_S": "30",
           "ATTENTION_SURGEON_WORKER_START_TIMEOUT_S": "90", "ATTENTION_SURGEON_SUBMISSION_TIMEOUT_S": "400",
           "ATTENTION_SURGEON_MEMORY_LIMIT_MB": "4096", "ATTENTION_SURGEON_MAX_PROCESSES": "64"}
 ORPHAN_MARK = "7371"  # `sleep 73710` etc.: what the orphan attack leaves behind, if anything
 
 
+def honest_base():
+    """The masks done, attention not: worth MASK_POINTS, and cheap to grade."""
+    return {k: v for k, v in reference_answers().items() if k in ("create_causal_mask", "create_reverse_mask")}
+
+
 def attack(code):
-    """The correct answers plus one cell of attack code right after the setup cell."""
-    return student_notebook(reference_answers(), extra_cells=[("setup", code)])
+    """The honest base plus one cell of attack code right after the setup cell."""
+    return student_notebook(honest_base(), extra_cells=[("setup", code)])
 
 
 def secret_paths(course):
@@ -95,6 +100,13 @@ for host in ["127.0.0.1", "localhost"]:
     except Exception as err:
         print("NO", host, type(err).__name__)
 """),
+        "rewrites_later_cells": student_notebook({**honest_base(), "attention": (
+            "def attention(Q, K, V, mask=None, scale=True):\n    return None, None\n"
+            "get_ipython().input_transformers_cleanup.append(lambda lines: ['pass\\n'])")}),
+        "always_equal": student_notebook({**honest_base(), "attention": (
+            "class Anything:\n    def __eq__(self, other): return True\n    def __ne__(self, other): return False\n"
+            "    def __getattr__(self, name): return lambda *a, **k: self\n\n"
+            "def attention(Q, K, V, mask=None, scale=True):\n    return Anything(), Anything()")}),
         "fused_through_getattr": student_notebook({**reference_answers(), "attention": (
             "import torch.nn.functional as F\n"
             "def attention(Q, K, V, mask=None, scale=True):\n"
@@ -107,7 +119,7 @@ for host in ["127.0.0.1", "localhost"]:
 
 
 def broken_inputs():
-    correct = student_notebook(reference_answers())
+    correct = student_notebook(honest_base())
     deleted = copy.deepcopy(correct)
     deleted.cells = [c for c in deleted.cells if not c.metadata.get("nbgrader", {}).get("grade")
                      or c.metadata.nbgrader.get("solution")]
@@ -124,7 +136,8 @@ def broken_inputs():
                     cell.pop("outputs", None)
                     cell.pop("execution_count", None)
     duplicated = copy.deepcopy(correct)
-    solution = next(c for c in duplicated.cells if c.metadata.get("nbgrader", {}).get("grade_id") == "attention")
+    solution = next(c for c in duplicated.cells
+                    if c.metadata.get("nbgrader", {}).get("grade_id") == "create_causal_mask")
     duplicated.cells.append(copy.deepcopy(solution))
     huge = copy.deepcopy(correct)
     huge.cells[1].outputs = [nbformat.v4.new_output("stream", name="stdout", text="y" * 100_000_000)]
@@ -177,11 +190,7 @@ def orphan_processes():
 
 @pytest.fixture(scope="module")
 def hostile_batch(tmp_path_factory):
-    course = tmp_path_factory.mktemp("hostile") / "course"
-    course.mkdir()
-    for name in COURSE_FILES:
-        _copy(ROOT / name, course / name)
-    (course / ".venv").symlink_to(ROOT / ".venv")
+    course = copy_course(tmp_path_factory.mktemp("hostile"))
     make(course, "release")
     listener = Listener()
     try:
@@ -214,16 +223,15 @@ def feedback_text(course, student):
 
 def test_every_attack_gains_nothing_and_no_other_grade_moves(hostile_batch):
     grades = read_grades(hostile_batch["course"])
-    expected = {
+    expected = {student: MASK_POINTS for student in grades}  # the honest base's worth, nothing more
+    expected.update({
         "bystander": FULL,
-        "reads_secrets": FULL, "writes_gradebook": FULL, "infinite_loop": FULL, "os_exit": FULL,
-        "memory_hog": FULL, "orphans": FULL, "huge_output": FULL, "opens_socket": FULL,
-        "fused_through_getattr": MASK_POINTS,  # ready-made attention: every attention check is lost
-        "deleted_tests": FULL, "edited_tests": FULL, "tests_to_markdown": FULL,
-        "duplicate_grade_ids": FULL, "huge_stored_output": FULL,
+        "rewrites_later_cells": 0.0,  # later cells are `pass`, in the kernel and in the worker: masks undefined
+        "fused_through_getattr": MASK_POINTS,  # correct but ready-made attention: every attention check is lost
         "empty_file": 0.0, "missing_notebook": 0.0,
-    }
+    })
     assert grades == expected
+    assert len(grades) == 19
 
 
 def test_the_batch_finishes_in_bounded_time_and_leaves_nothing_running(hostile_batch):
@@ -265,7 +273,7 @@ def test_output_is_capped(hostile_batch):
 
 def test_killed_or_stopped_kernels_get_a_clear_reason(hostile_batch):
     course = hostile_batch["course"]
-    assert "ran longer than 15 s" in autograded_text(course, "infinite_loop")
+    assert "ran longer than 8 s" in autograded_text(course, "infinite_loop")
     assert "kernel died" in autograded_text(course, "os_exit")
     assert "MemoryError" in autograded_text(course, "memory_hog")
 

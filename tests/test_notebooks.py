@@ -34,7 +34,6 @@ def test_solution_runs_top_to_bottom_with_every_test_passing(name, monkeypatch):
         assert (": pending" if waits_for_cuda else ": passed") in text, f"{cell.metadata.nbgrader.grade_id}: {text}"
 
 
-@pytest.mark.smoke
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_release_runs_until_the_first_stub(name, monkeypatch):
     path = ROOT / "release" / ASSIGNMENT / f"{name}.ipynb"
@@ -51,6 +50,7 @@ def test_release_runs_until_the_first_stub(name, monkeypatch):
     assert first_cell == first_call, "nothing fails before the first stub is called"
 
 
+@pytest.mark.smoke
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_release_has_no_solution_and_no_hidden_check_code(name):
     assert find_leaks(ROOT / "source" / ASSIGNMENT, ROOT / "release" / ASSIGNMENT) == []
@@ -72,3 +72,16 @@ def test_leak_check_catches_a_leak(tmp_path):
     nbformat.write(nb, path)
     leaks = find_leaks(ROOT / "source" / ASSIGNMENT, release)
     assert len(leaks) == 2
+
+
+def test_make_validate_reports_failing_public_tests_and_passes_a_finished_notebook(course, tmp_path):
+    from tests.conftest import make
+    from tests.students import reference_answers, student_notebook
+
+    blank = course / "release" / ASSIGNMENT / f"{NOTEBOOKS[0]}.ipynb"
+    result = make(course, "validate", f"NB={blank}", check=False)
+    assert "VALIDATION FAILED" in result.stdout + result.stderr
+    finished = tmp_path / "finished.ipynb"
+    nbformat.write(student_notebook(reference_answers()), finished)
+    result = make(course, "validate", f"NB={finished}")
+    assert "Success! Your notebook passes all the tests." in result.stdout + result.stderr
