@@ -260,7 +260,8 @@ def test_gradebook_and_submitted_are_untouched(hostile_batch):
     course = hostile_batch["course"]
     assert tree_digest(course / "submitted") == hostile_batch["before"]
     assert "WROTE" not in autograded_text(course, "writes_gradebook")
-    assert read_grades(course)["writes_gradebook"] == FULL
+    assert read_grades(course)["writes_gradebook"] == MASK_POINTS  # its honest worth, nothing more
+    assert read_grades(course)["bystander"] == FULL
 
 
 def test_output_is_capped(hostile_batch):
