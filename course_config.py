@@ -57,6 +57,8 @@ GRADING_PARALLELISM = int(os.environ.get("ATTENTION_SURGEON_PARALLELISM", 0)) or
 # Student code runs under bubblewrap. "required": refuse to grade when the
 # sandbox cannot start. "off": explicit opt-out (a trusted test machine only).
 SANDBOX = os.environ.get("ATTENTION_SURGEON_SANDBOX", "required")
+# The bubblewrap binary (found on PATH unless set).
+BWRAP = os.environ.get("ATTENTION_SURGEON_BWRAP") or __import__("shutil").which("bwrap") or "/usr/bin/bwrap"
 # GPU-tagged checks on a grader without CUDA are recorded as pending (neither
 # passed nor failed); a later `make autograde` on a CUDA host fills them in.
 GPU_CHECKS_WITHOUT_CUDA = "pending"

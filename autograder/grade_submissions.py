@@ -192,12 +192,14 @@ def main():
     if not everyone:
         print(f"nothing to grade: no submitted/<student>/{ASSIGNMENT}/ folders")
         return 0
-    refused = refuse_unless_sandbox_works()
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        sandbox_works = pool.submit(refuse_unless_sandbox_works)  # meanwhile:
+        # the gradebook learns the assignment (its cells, points, checksums) from source/.
+        run_nbgrader("generate_assignment", ASSIGNMENT, "--force",
+                     f"--CourseDirectory.release_directory={STAGING / 'release'}", stdout=subprocess.DEVNULL)
+        refused = sandbox_works.result()
     if refused:
         return refused
-    # The gradebook learns the assignment (its cells, points, checksums) from source/.
-    run_nbgrader("generate_assignment", ASSIGNMENT, "--force",
-                 f"--CourseDirectory.release_directory={STAGING / 'release'}", stdout=subprocess.DEVNULL)
     reports = autograde_all(everyone)
     run_nbgrader("generate_feedback", ASSIGNMENT, "--force", check=False,
                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

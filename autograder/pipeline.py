@@ -27,7 +27,7 @@ from traitlets import Bool, Integer
 
 import course_config
 
-from .checks import REGISTRY, run_checks
+from .checks import run_checks
 from .sandbox import sandboxed_kernel_manager_class
 from .student import SandboxedStudent
 
@@ -207,8 +207,3 @@ class RecordPendingChecks(NbGraderPreprocessor):
                 grade.needs_manual_grade = True
             gradebook.db.commit()
         return nb, resources
-
-
-def registered_checks():
-    """Every registered check name (used by tests to match notebooks and registry)."""
-    return sorted(REGISTRY)

@@ -30,7 +30,7 @@ class SandboxUnavailable(RuntimeError):
 def sandbox_enabled():
     if course_config.SANDBOX == "off":
         return False
-    if shutil.which("bwrap") is None:
+    if not os.access(course_config.BWRAP, os.X_OK):
         raise SandboxUnavailable(
             "bubblewrap (bwrap) is not installed, so student code cannot be sandboxed. Install it "
             "(Debian: apt-get install bubblewrap) or, on a trusted test machine only, set "
@@ -44,7 +44,7 @@ def sandbox_prefix(extra_ro_binds=(), extra_binds=(), chdir="/tmp"):
         return []
     python_homes = {os.path.realpath(sys.base_prefix), os.path.realpath(sys.prefix)}
     args = [
-        "bwrap", "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
+        course_config.BWRAP, "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
         "--ro-bind", "/usr", "/usr",
         "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64",
         "--symlink", "usr/bin", "/bin", "--symlink", "usr/sbin", "/sbin",

@@ -45,9 +45,6 @@ class Returned:
     requires_grad: bool = False
     has_grad_fn: bool = False
 
-    def as_float64(self):
-        return torch.from_numpy(self.array.astype(np.float64))
-
 
 @dataclass
 class Opaque:

@@ -107,9 +107,5 @@ def _first_line(err):
     return (str(err).strip().splitlines() or [type(err).__name__])[0]
 
 
-def checks_for(notebook):
-    return [c for c in REGISTRY.values() if c.notebook == notebook]
-
-
 # Importing the check modules registers their checks.
 from . import attention, attention_on_cuda  # noqa: E402,F401
