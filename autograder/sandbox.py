@@ -190,19 +190,22 @@ def sandboxed_kernel_manager_class():
     class _SandboxedKernelManager(AsyncKernelManager):
         def __init__(self, **kwargs):
             super().__init__(**kwargs)
+            self.scratch = None  # made when a kernel is started, removed when it is shut down
+            self.cap = None
+
+        def format_kernel_cmd(self, extra_arguments=None):
+            argv = super().format_kernel_cmd(extra_arguments)
+            if self.cap is None:
+                self.cap = ProcessCap()
+            return kernel_command(argv, self.work_dir, self.scratch / "ipc", self.cap)
+
+        async def start_kernel(self, **kw):
             self.scratch = Path(tempfile.mkdtemp(prefix="attention-surgeon-kernel-"))
             (self.scratch / "ipc").mkdir()
             self.work_dir = self.scratch / "work"
             self.transport = "ipc"
             self.ip = str(self.scratch / "ipc" / "kernel")
             self.connection_file = str(self.scratch / "ipc" / "kernel.json")
-            self.cap = ProcessCap()
-
-        def format_kernel_cmd(self, extra_arguments=None):
-            argv = super().format_kernel_cmd(extra_arguments)
-            return kernel_command(argv, self.work_dir, self.scratch / "ipc", self.cap)
-
-        async def start_kernel(self, **kw):
             source = Path(kw.pop("cwd", None) or ".")
             # The kernel sees a copy of its own assignment folder (data files, the student's
             # helper modules), never the folder nbgrader writes the graded notebook to.
@@ -215,8 +218,23 @@ def sandboxed_kernel_manager_class():
             try:
                 await AsyncKernelManager.shutdown_kernel(self, now=True, restart=restart)
             finally:
+                self._remove_sandbox()
+
+        async def cleanup_resources(self, restart=False):
+            # nbclient skips shutdown_kernel for a kernel that already died, but always calls this.
+            try:
+                await AsyncKernelManager.cleanup_resources(self, restart=restart)
+            finally:
+                self._remove_sandbox()
+
+        def _remove_sandbox(self):
+            """Kill every process of the sandbox and delete its scratch folder."""
+            if self.cap is not None:
                 self.cap.kill_all()
+                self.cap = None
+            if self.scratch is not None:
                 shutil.rmtree(self.scratch, ignore_errors=True)
+                self.scratch = None
 
     return _SandboxedKernelManager
 
