@@ -69,9 +69,10 @@ def test_leak_check_catches_a_leak(tmp_path):
     nb = nbformat.read(path, as_version=4)
     nb.cells[-1].source += "\nscores = Q @ K.transpose(-2, -1)  # [..., L, d_k] @ [..., d_k, S] -> [..., L, S]"
     nb.cells[-2].source += '\nfrom autograder import hidden_check; hidden_check("x")'
+    nb.cells[0].source += "\n| 1 | `check_attention_inputs(Q, K, V, mask)` | a solution line inside prose |"
     nbformat.write(nb, path)
     leaks = find_leaks(ROOT / "source" / ASSIGNMENT, release)
-    assert len(leaks) == 2
+    assert len(leaks) == 3
 
 
 def test_make_validate_reports_failing_public_tests_and_passes_a_finished_notebook(course, tmp_path):
