@@ -59,11 +59,9 @@ GRADING_PARALLELISM = int(os.environ.get("ATTENTION_SURGEON_PARALLELISM", 0)) or
 SANDBOX = os.environ.get("ATTENTION_SURGEON_SANDBOX", "required")
 # The bubblewrap binary (found on PATH unless set).
 BWRAP = os.environ.get("ATTENTION_SURGEON_BWRAP") or __import__("shutil").which("bwrap") or "/usr/bin/bwrap"
-# GPU-tagged checks on a grader without CUDA are recorded as pending (neither
-# passed nor failed); a later `make autograde` on a CUDA host fills them in.
-GPU_CHECKS_WITHOUT_CUDA = "pending"
-# "auto": GPU checks run where torch sees CUDA. "off": grade as if there were no CUDA (every GPU
-# check pending), e.g. to keep a shared GPU free; `make autograde-gpu` fills them in later.
+# GPU-tagged checks run where torch sees CUDA ("auto"). Where it does not, or with "off" (e.g. to
+# keep a shared GPU free), they are recorded as pending: neither passed nor failed, no score,
+# "needs manual grade". `make autograde-gpu` on a CUDA host fills them in later.
 GRADE_ON_CUDA = os.environ.get("ATTENTION_SURGEON_CUDA", "auto")
 
 # Hypothesis: every student gets the same examples (see autograder/strategies.py).

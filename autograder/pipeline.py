@@ -33,7 +33,6 @@ from .student import SandboxedStudent
 
 HIDDEN_CHECK_CALL = re.compile(r"""hidden_check\(\s*["']([\w\-]+)["']\s*\)""")
 SKIP_TAG = "grader-skip"  # a read-only cell the worker need not run (a slow demo, say)
-GPU_TAG = "gpu"
 
 
 def is_test_cell(cell):
@@ -147,7 +146,7 @@ class StartTrustedChecks(NbGraderPreprocessor):
     cuda_available = Bool(None, allow_none=True, help="Override CUDA detection (None: ask torch).").tag(config=True)
 
     def preprocess(self, nb, resources):
-        names = [hidden_check_name(cell) for cell in nb.cells if hidden_check_name(cell)]
+        names = [name for cell in nb.cells if (name := hidden_check_name(cell))]
         if not names:
             return nb, resources
         cuda = self.cuda_available

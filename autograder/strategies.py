@@ -34,8 +34,6 @@ settings.register_profile(
 )
 GRADING = settings.get_profile("grading")
 
-DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32,
-          "float64": torch.float64}
 
 
 def random_values(seed, shape, dtype=torch.float32, magnitude=1.0):

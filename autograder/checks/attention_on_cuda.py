@@ -3,7 +3,7 @@
 Trusted code. Inputs are made here, sent to the worker with tensor_device="cuda",
 and the results are compared with the float64 CPU reference at the tolerances
 PyTorch's SDPA tests use per dtype. On a grader without CUDA these checks are
-never run: `run_check` records them as pending (course_config.GPU_CHECKS_WITHOUT_CUDA).
+never run: `run_check` records them as pending (course_config.GRADE_ON_CUDA).
 """
 import numpy as np
 import torch
