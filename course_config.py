@@ -35,6 +35,10 @@ def _policy(name, default):
 # A plain Python-loop attention on the largest generated input takes well
 # under a second; 10 s leaves room for a slow, loaded grading host.
 CALL_TIMEOUT_S = _policy("CALL_TIMEOUT_S", 10)
+# Wall-clock limit for one call of a Notebook 3 experiment by a hidden check: compare_masking
+# trains three tiny models on a short corpus (about 2 s on one core here; 60 s leaves room
+# for a plainly written loop on a loaded grading host).
+EXPERIMENT_CALL_TIMEOUT_S = _policy("EXPERIMENT_CALL_TIMEOUT_S", 60)
 # Wall-clock limit for loading a student's notebook code into the worker
 # (importing torch and running their cells once, each cell at most CELL_TIMEOUT_S).
 WORKER_START_TIMEOUT_S = _policy("WORKER_START_TIMEOUT_S", 120)

@@ -71,3 +71,42 @@ def tolerance_for(dtype, reference, low_precision=None):
     deviation = deviation[torch.isfinite(deviation)]
     worst = float(deviation.max()) if deviation.numel() else 0.0
     return Tolerance(rtol=base.rtol, atol=max(base.atol, FUDGE_FACTOR * worst))
+
+
+# ---------------------------------------------------------------------------
+# Notebooks 2 and 3
+# ---------------------------------------------------------------------------
+def reference_pattern_statistics(weights, window=1):
+    """The statistics of analyze_attention_patterns() for [..., L, L] weights, in float64."""
+    w = weights.to(torch.float64)
+    L = w.shape[-1]
+    distance = (torch.arange(L).unsqueeze(-1) - torch.arange(L).unsqueeze(0)).abs()  # [L, L]
+    rows = w.reshape(-1, L)  # [rows, L]
+    live = rows.sum(-1) > 0  # fully masked rows (all 0) are left out of the entropy
+    entropy = -torch.special.xlogy(rows, rows).sum(-1)  # 0 ln 0 = 0
+    total = float(w.sum())
+    near, far = float(w[..., distance <= window].sum()), float(w[..., distance > window].sum())
+    return {
+        "max_attention": float(w.max()),
+        "entropy": float(entropy[live].mean()) if live.any() else 0.0,
+        "diagonal_mass": float(w.diagonal(dim1=-2, dim2=-1).sum()) / total if total > 0 else 0.0,
+        "local_vs_global": near / far if far > 0 else float("inf"),
+    }
+
+
+def scaling_statistics(d_k, scaled, seq_len, num_samples, seed):
+    """One row of the scaling experiment, as Notebook 3 defines it, for random Q, K ~ N(0, 1)."""
+    generator = torch.Generator().manual_seed(seed)
+    Q = torch.randn(num_samples, seq_len, d_k, generator=generator, dtype=torch.float64)
+    K = torch.randn(num_samples, seq_len, d_k, generator=generator, dtype=torch.float64)
+    upstream = torch.randn(num_samples, seq_len, seq_len, generator=generator, dtype=torch.float64)
+    scores = Q @ K.transpose(-2, -1)  # [n, L, L]
+    if scaled:
+        scores = scores / math.sqrt(d_k)
+    scores.requires_grad_(True)
+    weights = torch.softmax(scores, dim=-1)
+    (weights * upstream).sum().backward()
+    weights = weights.detach()
+    return {"max_weight": float(weights.max(dim=-1).values.mean()),
+            "entropy": float(-torch.special.xlogy(weights, weights).sum(-1).mean()),
+            "grad_magnitude": float(scores.grad.abs().mean())}

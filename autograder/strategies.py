@@ -173,3 +173,71 @@ def masks_for(draw, scores_shape, kind, dtype=torch.float32):
     if kind == "fully_masked_float":
         biases = torch.zeros(shape, dtype=dtype)
     return biases.masked_fill(~allowed, float("-inf"))
+
+
+# ---------------------------------------------------------------------------
+# Notebook 2: attention maps (row-stochastic matrices) for the statistics and the plots
+# ---------------------------------------------------------------------------
+WORDS = ["the", "cat", "sat", "on", "a", "mat", ",", "and", "dog", "."]  # tick labels; repeats are allowed
+
+
+def tokens_for(length, seed=0):
+    """`length` words for the tick labels of a map (the same for the same seed)."""
+    rng = np.random.default_rng(seed)
+    return [WORDS[i] for i in rng.integers(0, len(WORDS), length)]
+
+
+def map_values(seed, shape, masked_rows=0.0, sharpness=2.0):
+    """Seeded row-stochastic weights of `shape` = [..., L, L]: some keys blocked (weight exactly 0),
+    and a fraction `masked_rows` of the query rows fully masked (all 0); at least one row is kept."""
+    rng = np.random.default_rng(seed)
+    scores = rng.standard_normal(shape) * sharpness
+    keep = rng.random(shape) < 0.7
+    keep[..., rng.integers(0, shape[-1])] = True
+    if masked_rows:
+        rows = keep.reshape(-1, shape[-2], shape[-1])
+        blocked = rng.random(rows.shape[:2]) < masked_rows
+        blocked.flat[rng.integers(0, blocked.size)] = False  # at least one row keeps its weight
+        rows[blocked] = False
+        keep = rows.reshape(shape)
+    scores = np.where(keep, scores, -np.inf)
+    row_max = np.max(np.where(keep, scores, -1e300), axis=-1, keepdims=True)
+    exp = np.where(keep, np.exp(scores - row_max), 0.0)
+    total = exp.sum(axis=-1, keepdims=True)
+    return torch.from_numpy(np.where(total > 0, exp / np.where(total > 0, total, 1.0), 0.0)).to(torch.float32)
+
+
+@dataclass
+class MapCase:
+    """Inputs for analyze_attention_patterns(), with a description in the student's terms."""
+    weights: torch.Tensor  # [..., L, L]
+    window: int = 1
+    seed: int = 0
+
+    def describe(self):
+        call = f"analyze_attention_patterns(attention_weights{list(self.weights.shape)}, window={self.window})"
+        if self.weights.numel() > 16:
+            return call + f"  (weights: seeded, seed {self.seed})"
+        values = self.weights.to(torch.float64).round(decimals=4).tolist()
+        return call + f"  with\n    attention_weights = torch.tensor({values})"
+
+    def __repr__(self):
+        return self.describe()
+
+
+def fixed_map(shape, window=1, seed=0, masked_rows=0.0):
+    return MapCase(map_values(seed, shape, masked_rows), window, seed)
+
+
+@st.composite
+def attention_maps(draw, masked_rows=None):
+    """Row-stochastic [..., L, L] weights (as attention returns them) and a window.
+
+    Windows run from 0 to wider than L; with `masked_rows` some rows are fully masked (all 0).
+    """
+    lead = draw(st.sampled_from([(), (course_config.MAX_HEADS,), (2,), (2, course_config.MAX_HEADS)]))
+    L = draw(st.integers(1, course_config.MAX_SEQ_LEN))
+    seed = draw(st.integers(0, 2**31 - 1))
+    fraction = draw(st.sampled_from([0.0, 0.3])) if masked_rows is None else masked_rows
+    window = draw(st.integers(0, L + 1))
+    return MapCase(map_values(seed, (*lead, L, L), fraction), window, seed)

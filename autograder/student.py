@@ -83,7 +83,68 @@ def decode_value(spec):
         return items if spec.get("type") == "tuple" else list(items)
     if kind == "mapping":
         return {str(k): decode_value(v) for k, v in dict(spec.get("items", {})).items()}
+    if kind == "figure":
+        return decode_figure(spec)
     return Opaque(str(spec.get("type", "object"))[:200], str(spec.get("repr", ""))[:2000])
+
+
+@dataclass
+class Image:
+    """A heatmap on an axes (imshow or pcolormesh): its data and its colour limits."""
+    data: np.ndarray
+    clim: tuple
+
+
+@dataclass
+class Axes:
+    title: str
+    xlabel: str
+    ylabel: str
+    xticks: list  # [(position, label)]
+    yticks: list
+    is_colorbar: bool
+    images: list  # [Image]
+
+    @staticmethod
+    def _labels(ticks):
+        return [label for _, label in sorted(ticks, key=lambda tick: tick[0])]
+
+    @property
+    def xticklabels(self):
+        """Tick labels from the smallest x position to the largest."""
+        return self._labels(self.xticks)
+
+    @property
+    def yticklabels(self):
+        """Tick labels from the smallest y position to the largest (row 0 first for a heatmap)."""
+        return self._labels(self.yticks)
+
+
+@dataclass
+class FigureSummary:
+    """A matplotlib figure a student's function returned, as data (see worker._describe_figure)."""
+    title: str
+    axes: list  # [Axes]
+
+    @property
+    def plots(self):
+        """The axes that are not colorbars."""
+        return [ax for ax in self.axes if not ax.is_colorbar]
+
+    @property
+    def colorbars(self):
+        return [ax for ax in self.axes if ax.is_colorbar]
+
+
+def decode_figure(spec):
+    axes = []
+    for ax in list(spec.get("axes", []))[:protocol.MAX_ITEMS]:
+        images = [Image(protocol.decode_array(image["data"]), tuple(float(v) for v in image["clim"]))
+                  for image in ax.get("images", [])]
+        ticks = {side: [(float(pos), str(label)) for pos, label in ax.get(side, [])] for side in ("xticks", "yticks")}
+        axes.append(Axes(str(ax.get("title", "")), str(ax.get("xlabel", "")), str(ax.get("ylabel", "")),
+                         ticks["xticks"], ticks["yticks"], bool(ax.get("is_colorbar")), images))
+    return FigureSummary(str(spec.get("title", "")), axes)
 
 
 def encode_argument(value, requires_grad=False, device="cpu"):
@@ -115,10 +176,15 @@ class StudentCode:
 
     sources: list
 
-    def call(self, function, *args, grad=(), grad_outputs=None, trace=False, tensor_device="cpu", **kwargs):
+    def value(self, name):
+        """The value of a module-level name in the student's notebook (an answer like HEAD_ROLES)."""
+        return _decode_outcome(self._request({"op": "value", "name": name}, course_config.CALL_TIMEOUT_S))
+
+    def call(self, function, *args, grad=(), grad_outputs=None, trace=False, tensor_device="cpu", timeout=None,
+             **kwargs):
         """Call the student's `function`. `grad` names the positional arguments that require grad;
         `grad_outputs` (one tensor or None per returned tensor) asks for a backward pass;
-        tensor arguments are sent to `tensor_device`."""
+        tensor arguments are sent to `tensor_device`; `timeout` replaces CALL_TIMEOUT_S (experiments)."""
         request = {
             "op": "call", "function": function, "trace": trace,
             "args": [encode_argument(a, i in grad, tensor_device) for i, a in enumerate(args)],
@@ -126,7 +192,7 @@ class StudentCode:
             "grad_outputs": None if grad_outputs is None else
             [None if g is None else encode_argument(g) for g in grad_outputs],
         }
-        return _decode_outcome(self._request(request, course_config.CALL_TIMEOUT_S))
+        return _decode_outcome(self._request(request, timeout or course_config.CALL_TIMEOUT_S))
 
     def _request(self, message, timeout):
         raise NotImplementedError
@@ -151,7 +217,8 @@ class InProcessStudent(StudentCode):
 
     def _request(self, message, timeout):
         # The same JSON round trip as the worker, so both paths see identical values.
-        reply = self.session.call(json.loads(protocol.dumps(message)))
+        message = json.loads(protocol.dumps(message))
+        reply = self.session.value(message) if message["op"] == "value" else self.session.call(message)
         return protocol.loads(protocol.dumps(reply))
 
 

@@ -17,6 +17,7 @@ grader relies only on the values it gets back, and on its own static scan.
 import math
 import os
 import signal
+import sys
 
 import numpy as np
 
@@ -48,6 +49,8 @@ def describe(value, depth=0):
     try:
         if isinstance(value, torch.Tensor):
             return _describe_tensor(value)
+        if _is_figure(value):
+            return _describe_figure(value)
         if value is None or type(value) in (bool, int, str):
             return {"kind": "scalar", "value": value if type(value) is not str else _short(value)}
         if type(value) is float:
@@ -79,6 +82,47 @@ def _describe_tensor(tensor):
     if dtype == "bfloat16":
         data = data.to(torch.float32)
     return encode_array(data.numpy(), dtype, **meta)
+
+
+def _is_figure(value):
+    figure_module = sys.modules.get("matplotlib.figure")  # never import matplotlib just to ask
+    return figure_module is not None and isinstance(value, figure_module.Figure)
+
+
+def _describe_figure(figure):
+    """What a figure shows, as data: per axes its title, axis labels, ticks and heatmap images.
+
+    The figure is drawn first (tick labels are only final after a draw) and then closed.
+    """
+    import matplotlib.pyplot as plt
+    from matplotlib.collections import QuadMesh
+
+    try:
+        figure.canvas.draw()
+        axes = []
+        for ax in figure.axes[:MAX_ITEMS]:
+            images = [m for m in list(ax.images) + [c for c in ax.collections if isinstance(c, QuadMesh)]
+                      if m.get_array() is not None][:MAX_ITEMS]
+            axes.append({
+                "title": _short(ax.get_title()), "xlabel": _short(ax.get_xlabel()), "ylabel": _short(ax.get_ylabel()),
+                "xticks": _ticks(ax.xaxis), "yticks": _ticks(ax.yaxis),
+                "is_colorbar": getattr(ax, "_colorbar", None) is not None,
+                "images": [{"data": encode_array(np.ma.filled(np.ma.asarray(m.get_array(), dtype=np.float64), np.nan),
+                                                 "float64"),
+                            "clim": [float(v) for v in m.get_clim()]} for m in images],
+            })
+        return {"kind": "figure", "title": _short(figure.get_suptitle()), "axes": axes}
+    finally:
+        plt.close(figure)
+
+
+def _ticks(axis):
+    """[(position, label)] of the major ticks inside the axis' view, in data coordinates."""
+    low, high = sorted(axis.get_view_interval())
+    locations = axis.get_majorticklocs()
+    labels = [label.get_text() for label in axis.get_majorticklabels()]
+    return [[float(loc), _short(text)] for loc, text in zip(locations, labels)
+            if low - 1e-9 <= loc <= high + 1e-9][:MAX_ITEMS * 4]
 
 
 def _make_tensor(spec, requires_grad_ok=True):
@@ -175,6 +219,13 @@ class Session:
             if error is not None:
                 errors.append({"cell": index, "error": _short(error)})
         return {"ok": True, "errors": errors}
+
+    def value(self, request):
+        """A module-level value of the student's notebook (an answer such as HEAD_ROLES)."""
+        name = request.get("name")
+        if name not in self.namespace:
+            return {"raised": {"type": "NameError", "message": f"{name} is not defined in your notebook"}}
+        return {"result": describe(self.namespace[name])}
 
     def call(self, request):
         import torch
@@ -274,6 +325,8 @@ def main():
                 reply = session.load(request)
             elif op == "call":
                 reply = session.call(request)
+            elif op == "value":
+                reply = session.value(request)
             elif op == "ping":
                 reply = {"ok": True}
             else:

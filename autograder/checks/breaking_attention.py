@@ -1,0 +1,212 @@
+"""Hidden checks of Notebook 3: breaking attention (../shared/DESIGN.md section 4).
+
+Trusted code. Three lessons, each checked by what the student's code produces:
+
+* the masks decide what a model sees: the student's masks go into a small
+  attention layer built here, and we test which inputs each output depends on;
+* the scaling experiment shows the trends of the lesson: its numbers are compared
+  with the float64 reference of autograder/reference.py, within the spread that
+  a different (but correct) use of the random generator gives;
+* compare_masking's honest losses are ordered as the lesson says: the models
+  trained with no mask or the reverse mask look better in training and fail
+  the honest, causal test.
+"""
+import functools
+import importlib.util
+import math
+
+import torch
+
+import course_config
+
+from ..reference import reference_attention, scaling_statistics
+from ..student import Returned
+from . import CheckFailed, check
+from .expectations import expect_no_error, what
+
+NOTEBOOK = "03_breaking_attention"
+
+# --- the masks' effect on a model -------------------------------------------
+MODEL_SEQ_LEN, MODEL_WIDTH = 6, 4
+CHANGE = 1e-9  # an output "depends on" an input when changing the input moves it by more than this
+
+# --- the scaling experiment -------------------------------------------------
+SCALING_ARGS = {"d_k_values": (16, 64, 256, 1024), "seq_len": 16, "num_samples": 64, "seed": 7}
+REFERENCE_SAMPLES, REFERENCE_SEED = 512, 12345  # a large sample: the expected value of each statistic
+# Allowed distance from the reference: about 6 standard deviations of the statistic over
+# seeds at SCALING_ARGS (measured over 40 seeds: at most 0.007, 0.018 and 0.0007).
+TOLERANCE = {"max_weight": (0.0, 0.04), "entropy": (0.0, 0.1), "grad_magnitude": (0.1, 0.002)}  # (rel, abs)
+STATISTIC_WORDS = {"max_weight": "the mean largest weight per row", "entropy": "the mean row entropy (nats)",
+                   "grad_magnitude": "the mean |gradient| that reaches the scores"}
+
+# --- compare_masking ----------------------------------------------------------
+CHECK_CORPUS = {"seed": 1, "num_sentences": 120}  # a shorter corpus than the notebook's: seconds to train
+CHECK_STEPS, CHECK_SEED, REPEAT_STEPS = 150, 3, 20
+HONEST_MARGIN = 1.0  # nats: the cheaters' honest loss is far above the causal model's (about 5 vs 0.8 here)
+CHEAT_MARGIN = 0.3  # nats: the cheaters' training loss is far below the causal model's (about 0.1 vs 0.8)
+MODELS = ("causal", "none", "reverse")
+
+
+# -----------------------------------------------------------------------------
+def mask_from(student, function):
+    call_text = f"{function}({MODEL_SEQ_LEN})"
+    outcome = student.call(function, MODEL_SEQ_LEN)
+    expect_no_error(outcome, call_text)
+    mask = outcome.value
+    if not isinstance(mask, Returned) or mask.array is None or tuple(mask.shape) != (MODEL_SEQ_LEN, MODEL_SEQ_LEN):
+        raise CheckFailed(f"{call_text}\n  returned {what(mask)}; expected a [{MODEL_SEQ_LEN}, {MODEL_SEQ_LEN}] tensor "
+                          f"(paste your masks from Notebook 1)")
+    values = torch.from_numpy(mask.array)
+    return values if values.dtype == torch.bool else values.to(torch.float64)
+
+
+def who_sees_whom(mask):
+    """[L, L] bool: does output i of a random attention layer change when input j changes?"""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(MODEL_SEQ_LEN, MODEL_WIDTH, generator=generator, dtype=torch.float64)  # [L, width]
+    w_q, w_k, w_v = (torch.randn(MODEL_WIDTH, MODEL_WIDTH, generator=generator, dtype=torch.float64)
+                     for _ in range(3))
+    base, _ = reference_attention(x @ w_q, x @ w_k, x @ w_v, mask)  # [L, width]
+    sees = torch.zeros(MODEL_SEQ_LEN, MODEL_SEQ_LEN, dtype=torch.bool)
+    for j in range(MODEL_SEQ_LEN):
+        moved = x.clone()
+        moved[j] += 1.0
+        out, _ = reference_attention(moved @ w_q, moved @ w_k, moved @ w_v, mask)
+        sees[:, j] = (out - base).abs().amax(dim=-1) > CHANGE
+    return sees
+
+
+@check("masks_steer_what_a_model_sees", NOTEBOOK)
+def masks_steer_what_a_model_sees(student):
+    positions = torch.arange(MODEL_SEQ_LEN)
+    future = positions.unsqueeze(0) > positions.unsqueeze(1)  # [L, L]: j > i
+    past = positions.unsqueeze(0) < positions.unsqueeze(1)  # [L, L]: j < i
+    lessons = {"create_causal_mask": (~future, "only position j <= i (the past and itself)"),
+               "create_reverse_mask": (~past, "only position j >= i (itself and the future)")}
+    for function, (allowed, rule) in lessons.items():
+        sees = who_sees_whom(mask_from(student, function))
+        wrong = (sees != allowed).nonzero()
+        if len(wrong):
+            i, j = (int(v) for v in wrong[0])
+            verb = "changes" if sees[i, j] else "does not change"
+            raise CheckFailed(f"with your {function}({MODEL_SEQ_LEN}) in an attention layer, output {i} {verb} when "
+                              f"input {j} changes; output i must see {rule}")
+
+
+# -----------------------------------------------------------------------------
+def scaling_call_text(args=SCALING_ARGS):
+    return "experiment_scaling_factor(" + ", ".join(f"{k}={v!r}" for k, v in args.items()) + ")"
+
+
+def scaling_table(student, args=SCALING_ARGS):
+    """{(d_k, scaled): row} from the student's table, after checking its shape."""
+    call_text = scaling_call_text(args)
+    outcome = student.call("experiment_scaling_factor", timeout=course_config.EXPERIMENT_CALL_TIMEOUT_S, **args)
+    expect_no_error(outcome, call_text)
+    table = outcome.value
+    if not isinstance(table, (list, tuple)) or not all(isinstance(row, dict) for row in table):
+        raise CheckFailed(f"{call_text}\n  returned {what(table)}; expected a list of dicts, one row per (d_k, scaled)")
+    rows = {}
+    for row in table:
+        key = (row.get("d_k"), row.get("scaled"))
+        if type(key[0]) is not int or type(key[1]) is not bool:
+            raise CheckFailed(f"{call_text}\n  a row has d_k = {what(key[0])} and scaled = {what(key[1])}; "
+                              f"expected an int and a bool")
+        for name in TOLERANCE:
+            if type(row.get(name)) is not float or not math.isfinite(row[name]):
+                raise CheckFailed(f"{call_text}\n  the row for d_k={key[0]}, scaled={key[1]} has {name} = "
+                                  f"{what(row.get(name))}; expected a finite Python float")
+        if key in rows:
+            raise CheckFailed(f"{call_text}\n  two rows are for d_k={key[0]}, scaled={key[1]}")
+        rows[key] = row
+    expected = {(d_k, scaled) for d_k in args["d_k_values"] for scaled in (False, True)}
+    if set(rows) != expected:
+        raise CheckFailed(f"{call_text}\n  the table has rows for {sorted(rows)}; expected one for each of "
+                          f"{sorted(expected)}")
+    return rows
+
+
+@check("scaling_table_is_complete_and_repeatable", NOTEBOOK)
+def scaling_table_is_complete_and_repeatable(student):
+    first = scaling_table(student)
+    if scaling_table(student) != first:
+        raise CheckFailed(f"{scaling_call_text()}\n  gave a different table the second time; make every random "
+                          f"tensor from a torch.Generator seeded with `seed`")
+
+
+@functools.lru_cache(maxsize=None)
+def expected_statistics(d_k, scaled, seq_len):
+    return scaling_statistics(d_k, scaled, seq_len, REFERENCE_SAMPLES, REFERENCE_SEED)
+
+
+@check("scaling_trends_match_the_lesson", NOTEBOOK)
+def scaling_trends_match_the_lesson(student):
+    rows = scaling_table(student)
+    for (d_k, scaled), row in sorted(rows.items()):
+        expected = expected_statistics(d_k, scaled, SCALING_ARGS["seq_len"])
+        for name, (rel, abs_) in TOLERANCE.items():
+            if not math.isclose(row[name], expected[name], rel_tol=rel, abs_tol=abs_):
+                raise CheckFailed(f"{scaling_call_text()}\n  for d_k={d_k}, scaled={scaled}: {name} = {row[name]:.4g}, "
+                                  f"but {STATISTIC_WORDS[name]} of random Q, K ~ N(0, 1) is about "
+                                  f"{expected[name]:.4g} (within {max(abs_, rel * abs(expected[name])):.2g})")
+
+
+# -----------------------------------------------------------------------------
+@functools.lru_cache(maxsize=None)
+def check_corpus():
+    """The corpus the checks train on, from the assignment's own seeded generator (trusted copy)."""
+    path = course_config.COURSE_ROOT / "source" / course_config.ASSIGNMENT / "make_corpus.py"
+    spec = importlib.util.spec_from_file_location("attention_surgeon_make_corpus", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.make_corpus(**CHECK_CORPUS)
+
+
+def masking_results(student, steps, seed):
+    call_text = f"compare_masking(text[{len(check_corpus())} characters], steps={steps}, seed={seed})"
+    outcome = student.call("compare_masking", check_corpus(), steps=steps, seed=seed,
+                           timeout=course_config.EXPERIMENT_CALL_TIMEOUT_S)
+    expect_no_error(outcome, call_text)
+    results = outcome.value
+    if not isinstance(results, dict) or set(results) != set(MODELS):
+        got = sorted(results) if isinstance(results, dict) else what(results)
+        raise CheckFailed(f"{call_text}\n  returned {got}; expected a dict with the keys {list(MODELS)}")
+    for model in MODELS:
+        entry = results[model]
+        fields = {"train_loss": float, "honest_loss": float, "sample": str}
+        if not isinstance(entry, dict) or any(type(entry.get(k)) is not t for k, t in fields.items()):
+            raise CheckFailed(f"{call_text}\n  results[{model!r}] is {what(entry)}; expected a dict with a float "
+                              f"train_loss, a float honest_loss and a str sample")
+        if not (math.isfinite(entry["train_loss"]) and math.isfinite(entry["honest_loss"])):
+            raise CheckFailed(f"{call_text}\n  results[{model!r}] has a loss that is not finite: {entry}")
+    return call_text, results
+
+
+@check("compare_masking_shows_the_cheaters", NOTEBOOK)
+def compare_masking_shows_the_cheaters(student):
+    call_text, results = masking_results(student, CHECK_STEPS, CHECK_SEED)
+    losses = {m: (round(results[m]["train_loss"], 3), round(results[m]["honest_loss"], 3)) for m in MODELS}
+    summary = "  (train loss, honest loss): " + ", ".join(f"{m} {v}" for m, v in losses.items())
+    causal = results["causal"]
+    uniform = math.log(len(set(check_corpus())))
+    if causal["honest_loss"] >= uniform:
+        raise CheckFailed(f"{call_text}\n  the causal model's honest loss {causal['honest_loss']:.3f} is no better "
+                          f"than guessing uniformly (ln {len(set(check_corpus()))} = {uniform:.3f}); it did not "
+                          f"learn\n{summary}")
+    for cheater in ("none", "reverse"):
+        if results[cheater]["train_loss"] > causal["train_loss"] - CHEAT_MARGIN:
+            raise CheckFailed(f"{call_text}\n  the {cheater!r} model's training loss is not far below the causal "
+                              f"model's: with that mask it should see the next character and copy it\n{summary}")
+        if results[cheater]["honest_loss"] < causal["honest_loss"] + HONEST_MARGIN:
+            raise CheckFailed(f"{call_text}\n  the {cheater!r} model's honest loss is not far above the causal "
+                              f"model's: the honest test must give every model the causal mask (no peeking at "
+                              f"the future) on text it was not trained on\n{summary}")
+
+
+@check("compare_masking_is_repeatable", NOTEBOOK)
+def compare_masking_is_repeatable(student):
+    call_text, first = masking_results(student, REPEAT_STEPS, CHECK_SEED)
+    _, second = masking_results(student, REPEAT_STEPS, CHECK_SEED)
+    if first != second:
+        raise CheckFailed(f"{call_text}\n  gave different results the second time; seed the model's initial weights "
+                          f"(torch.manual_seed) and the batches (a torch.Generator) from `seed`")
