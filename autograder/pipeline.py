@@ -19,6 +19,8 @@ one student cell can rewrite them. Here that kernel never sees them.
 import re
 from concurrent.futures import ThreadPoolExecutor
 
+import nbformat
+
 from nbclient.exceptions import CellTimeoutError, DeadKernelError
 from nbformat.v4 import new_output
 from nbgrader.api import Gradebook
@@ -27,7 +29,7 @@ from traitlets import Bool, Integer
 
 import course_config
 
-from .checks import run_checks
+from .checks import Verdict, run_checks
 from .sandbox import sandboxed_kernel_manager_class
 from .student import SandboxedStudent
 
@@ -62,6 +64,27 @@ def student_written_code(nb):
             and not cell.metadata.get("nbgrader", {}).get("locked")]
 
 
+UNANSWERED = ("this notebook has no code of yours (it is the release version, or was not submitted), so it "
+              "was not run and none of its checks can pass")
+
+
+def is_unanswered(nb, resources):
+    """Is every code cell a student could write in exactly as released? Then running it changes nothing:
+    every stub raises and every check fails. Grading such a notebook (an unsubmitted one, say) skips
+    the kernel and the worker."""
+    info = resources.setdefault("nbgrader", {})
+    if "unanswered" not in info:
+        release = (course_config.COURSE_ROOT / "release" / course_config.ASSIGNMENT /
+                   f"{info.get('notebook', '')}.ipynb")
+        try:
+            released = nbformat.read(release, as_version=4)
+        except (OSError, ValueError):
+            info["unanswered"] = False
+        else:
+            info["unanswered"] = student_written_code(nb) == student_written_code(released)
+    return info["unanswered"]
+
+
 class SandboxedExecute(Execute):
     """nbgrader's Execute, with the student's kernel in the sandbox.
 
@@ -84,6 +107,10 @@ class SandboxedExecute(Execute):
         self._current_cell = None
 
     def preprocess(self, nb, resources):
+        if is_unanswered(nb, resources):
+            self._current_cell = None
+            self._note(nb, UNANSWERED, ename="NotRun")
+            return nb, resources
         originals = {}
         for index, cell in enumerate(nb.cells):
             name = hidden_check_name(cell)
@@ -121,14 +148,14 @@ class SandboxedExecute(Execute):
                 f"\n[output truncated: this cell printed more than {self.max_output_chars} characters]\n")))
         return None
 
-    def _note(self, nb, message):
+    def _note(self, nb, message, ename="NotebookStopped"):
         index = self._current_cell
         if index is None:
             index = next((i for i, c in enumerate(nb.cells) if c.cell_type == "code"), None)
         if index is None:
             return
         nb.cells[index].outputs.append(new_output(
-            "error", ename="NotebookStopped", evalue=message, traceback=[f"NotebookStopped: {message}"]))
+            "error", ename=ename, evalue=message, traceback=[f"{ename}: {message}"]))
 
 
 def decide_checks(code, sources, names, cuda_available, log):
@@ -149,6 +176,9 @@ class StartTrustedChecks(NbGraderPreprocessor):
         names = [name for cell in nb.cells if (name := hidden_check_name(cell))]
         if not names:
             return nb, resources
+        if is_unanswered(nb, resources):
+            resources["nbgrader"]["trusted_checks"] = _Decided({name: Verdict("failed", UNANSWERED) for name in names})
+            return nb, resources
         cuda = self.cuda_available
         if cuda is None:
             import torch
@@ -159,6 +189,16 @@ class StartTrustedChecks(NbGraderPreprocessor):
             decide_checks, student_code(nb), student_written_code(nb), names, cuda, self.log)
         pool.shutdown(wait=False)
         return nb, resources
+
+
+class _Decided:
+    """Verdicts known without running anything, in the shape of a finished future."""
+
+    def __init__(self, verdicts):
+        self.verdicts = verdicts
+
+    def result(self):
+        return self.verdicts
 
 
 class TrustedChecks(NbGraderPreprocessor):

@@ -12,6 +12,9 @@ import nbformat
 ROOT = Path(__file__).resolve().parent.parent
 ASSIGNMENT = "attention_surgeon"
 NB1 = "01_attention_from_scratch"
+NB2 = "02_seeing_attention"
+NB3 = "03_breaking_attention"
+NOTEBOOKS = (NB1, NB2, NB3)
 
 
 def release_notebook(name=NB1):

@@ -47,7 +47,8 @@ def test_release_runs_until_the_first_stub(name, monkeypatch):
     assert first_error.ename == "NotImplementedError"
     first_stub = next(i for i, c in enumerate(nb.cells) if "raise NotImplementedError()" in c.source)
     first_call = next(i for i, c in enumerate(nb.cells) if i > first_stub and c.cell_type == "code")
-    assert first_cell == first_call, "nothing fails before the first stub is called"
+    # A stub of definitions fails where it is first called; a whole-cell answer (HEAD_ROLES) fails in place.
+    assert first_stub <= first_cell <= first_call, "nothing fails before the first stub is called"
 
 
 @pytest.mark.smoke
