@@ -13,7 +13,7 @@ from nbgrader.api import Gradebook
 
 from tests.conftest import copy_course, make, read_grades, tree_digest
 from tests.grading import check_points, cuda_available, decidable_points, gpu_checks
-from tests.students import NB1, reference_answers, student_notebook, write_submission
+from tests.students import NB1, NB2, NB3, NOTEBOOKS, reference_answers, student_notebook, write_submission
 
 NO_SCALE = ("scores = scores / math.sqrt(Q.shape[-1])", "scores = scores")
 CHEAT_PATCHES = """
@@ -29,17 +29,32 @@ NO_SCALE_FAILS = ["attention_matches_reference", "attention_bool_masks", "attent
                   "attention_gradients"]
 
 
+# Notebook 3's written answers, as a student would type them (a TA grades them).
+WRITTEN_ANSWERS = {
+    "answer_why_scores_grow": "Each score sums d_k products of unit variance, so its variance is d_k ...",
+    "answer_why_minus_inf": "exp(-inf) = 0, so a blocked key gets no weight; a 0 score would still get weight.",
+    "answer_why_d_v_columns": "QK^T contracts over d_k; [L, S] @ [S, d_v] = [L, d_v].",
+    "answer_output_rank": "No: rank(AB) <= min(rank(A), rank(B)), the rows are averages of value rows.",
+}
+TRANSPOSED_HEATMAP = ("ax.imshow(weights, cmap=COLOR_MAP)", "ax.imshow(weights.T, cmap=COLOR_MAP)")
+
+
 def submissions():
+    """{student: {notebook: nb}}. Students who leave a notebook out have it graded as unanswered."""
     answers = reference_answers()
     no_scale = student_notebook(answers, mutate=lambda code: code.replace(*NO_SCALE))
     patched = student_notebook(answers, mutate=lambda code: code.replace(*NO_SCALE),
                                extra_cells=[("setup", CHEAT_PATCHES)])
+    everything = {name: student_notebook(reference_answers(name), name=name) for name in NOTEBOOKS}
+    everything[NB3] = student_notebook({**reference_answers(NB3), **WRITTEN_ANSWERS}, name=NB3)
+    transposed = student_notebook(reference_answers(NB2), name=NB2,
+                                  mutate=lambda code: code.replace(*TRANSPOSED_HEATMAP))
     return {
-        "correct": student_notebook(answers),
-        "no_scale": no_scale,
-        "blank": student_notebook({}),
-        "broken_json": '{"cells": [ this is not json',
-        "patches_comparisons": patched,
+        "correct": everything,
+        "no_scale": {NB1: no_scale, NB2: transposed},
+        "blank": {NB1: student_notebook({})},
+        "broken_json": {NB1: '{"cells": [ this is not json'},
+        "patches_comparisons": {NB1: patched},
     }
 
 
@@ -47,8 +62,8 @@ def submissions():
 def graded_course(tmp_path_factory):
     root = copy_course(tmp_path_factory.mktemp("e2e"))
     make(root, "release")
-    for student, nb in submissions().items():
-        write_submission(root, student, {NB1: nb})
+    for student, notebooks in submissions().items():
+        write_submission(root, student, notebooks)
     before = tree_digest(root / "submitted")
     first = make(root, "autograde")
     return root, before, first
@@ -56,15 +71,30 @@ def graded_course(tmp_path_factory):
 
 def test_grades_csv_holds_the_expected_scores(graded_course):
     root, _, _ = graded_course
-    full = sum(decidable_points().values())
-    no_scale = full - sum(check_points()[c] for c in NO_SCALE_FAILS)
+    full = {name: sum(decidable_points(name).values()) for name in NOTEBOOKS}
+    no_scale = full[NB1] - sum(check_points()[c] for c in NO_SCALE_FAILS)
     assert read_grades(root) == {
-        "correct": full,
-        "no_scale": no_scale,
+        "correct": sum(full.values()),  # the written answers wait for a TA: no points yet
+        "no_scale": no_scale + full[NB2] - check_points(NB2)["heatmap_image_is_the_weights"],
         "blank": 0.0,
         "broken_json": 0.0,
         "patches_comparisons": no_scale,  # patching comparisons changes nothing: no_scale's score exactly
     }
+
+
+def test_written_answers_wait_for_a_ta_in_the_gradebook(graded_course):
+    """Notebook 3's answer cells need manual grading when answered; unanswered ones score 0 without a TA."""
+    root, _, _ = graded_course
+    with Gradebook(f"sqlite:///{root / 'gradebook.db'}") as gb:
+        answered = {g.name: g for g in gb.find_submission_notebook(NB3, "attention_surgeon", "correct").grades}
+        skipped = {g.name: g for g in gb.find_submission_notebook(NB3, "attention_surgeon", "blank").grades}
+        for grade_id in WRITTEN_ANSWERS:
+            assert answered[grade_id].needs_manual_grade and answered[grade_id].auto_score is None
+            assert answered[grade_id].max_score == 3
+            assert not skipped[grade_id].needs_manual_grade and skipped[grade_id].score == 0
+        submission = gb.find_submission("attention_surgeon", "correct")
+        assert submission.needs_manual_grade
+        assert submission.max_score == sum(sum(check_points(n).values()) for n in NOTEBOOKS) + 3 * len(WRITTEN_ANSWERS)
 
 
 def test_every_check_is_recorded_in_the_gradebook(graded_course):
