@@ -5,6 +5,9 @@
                sandboxed kernel, the trusted hidden checks, feedback and grades.csv; its total
                divided by the number of submissions, so start-up costs are counted
     batch    = `make autograde` with course_config.GRADING_PARALLELISM (every core)
+    per notebook: its plain execution time, and its hidden checks alone (the sandboxed worker
+               plus the trusted checks, as TrustedChecks runs them): wall time and CPU time
+               (this process + the worker)
 
 Run:  .venv/bin/python benchmarks/grading_time.py [--students 4] [--rounds 2]
 It works in a temporary copy of the course; nothing here is touched.
@@ -25,7 +28,8 @@ sys.path.insert(0, str(ROOT))
 import nbformat  # noqa: E402
 from nbclient import NotebookClient  # noqa: E402
 
-from tests.students import ASSIGNMENT, NB1, reference_answers, student_notebook, write_submission  # noqa: E402
+from tests.grading import grade_checks  # noqa: E402
+from tests.students import ASSIGNMENT, NOTEBOOKS, reference_answers, student_notebook, write_submission  # noqa: E402
 
 COURSE_FILES = ["course_config.py", "nbgrader_config.py", "Makefile", "requirements.lock", "autograder", "source",
                 "release", "tests"]
@@ -59,6 +63,21 @@ def floor_seconds(notebook_paths):
     return time.perf_counter() - started
 
 
+def hidden_checks_seconds(name):
+    """(wall, CPU) seconds of one notebook's hidden checks against the reference answers."""
+    import resource
+
+    def cpu():
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return time.process_time() + children.ru_utime + children.ru_stime
+
+    nb = student_notebook(reference_answers(name), name=name)
+    started, cpu_started = time.perf_counter(), cpu()
+    verdicts = grade_checks(nb, name)
+    assert all(v.status != "failed" for v in verdicts.values()), verdicts
+    return time.perf_counter() - started, cpu() - cpu_started
+
+
 def autograde_seconds(course, parallelism):
     started = time.perf_counter()
     subprocess.run(["make", "-o", ".venv/.installed", "autograde"], cwd=course, check=True, capture_output=True,
@@ -77,7 +96,8 @@ def main():
                        capture_output=True)
         students = [f"student{i:02d}" for i in range(args.students)]
         for student in students:
-            write_submission(course, student, {NB1: student_notebook(reference_answers())})
+            write_submission(course, student, {name: student_notebook(reference_answers(name), name=name)
+                                               for name in NOTEBOOKS})
         floors, gradings = [], []
         for _ in range(args.rounds):  # alternated, so both see the same machine state
             floors.append(sum(floor_seconds(sorted((course / "submitted" / s / ASSIGNMENT).glob("*.ipynb")))
@@ -92,6 +112,12 @@ def main():
         print(f"ratio grading / floor: {grading / floor:.2f}  (budget in DESIGN section 8: 2.0)")
         print(f"batch: {len(students)} submissions in {batch:.1f} s with {cores} at a time "
               f"= {60 * len(students) / batch:.1f} submissions per minute")
+        print("per notebook (reference answers): plain execution | hidden checks wall | hidden checks CPU")
+        for name in NOTEBOOKS:
+            path = course / "submitted" / students[0] / ASSIGNMENT / f"{name}.ipynb"
+            executed = floor_seconds([path])
+            wall, cpu = hidden_checks_seconds(name)
+            print(f"  {name:28s} {executed:6.2f} s | {wall:6.2f} s | {cpu:6.2f} s")
 
 
 if __name__ == "__main__":

@@ -10,9 +10,12 @@ from tests.students import ASSIGNMENT, ROOT
 NOTEBOOKS = sorted(p.stem for p in (ROOT / "source" / ASSIGNMENT).glob("*.ipynb"))
 
 
-def execute(path, monkeypatch, allow_errors=False):
+FIGURES = ROOT / ".figures"  # PNGs of every figure the solutions draw, to look at (git-ignored)
+
+
+def execute(path, monkeypatch, allow_errors=False, backend="Agg"):
     monkeypatch.setenv("PYTHONPATH", str(ROOT))  # hidden_check() in solutions imports autograder
-    monkeypatch.setenv("MPLBACKEND", "Agg")
+    monkeypatch.setenv("MPLBACKEND", backend)
     nb = nbformat.read(path, as_version=4)
     client = NotebookClient(nb, timeout=300, kernel_name="python3", allow_errors=allow_errors,
                             resources={"metadata": {"path": str(path.parent)}})
@@ -23,7 +26,9 @@ def execute(path, monkeypatch, allow_errors=False):
 @pytest.mark.smoke
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_solution_runs_top_to_bottom_with_every_test_passing(name, monkeypatch):
-    nb = execute(ROOT / "solutions" / ASSIGNMENT / f"{name}.ipynb", monkeypatch)  # raises on any error
+    nb = execute(ROOT / "solutions" / ASSIGNMENT / f"{name}.ipynb", monkeypatch,  # raises on any error
+                 backend="module://matplotlib_inline.backend_inline")  # figures become PNG outputs
+    save_figures(name, nb)
     checked = [c for c in nb.cells if "hidden_check(" in c.source]
     assert checked, "the solution notebook runs its hidden checks in the instructor's kernel"
     import torch
@@ -32,6 +37,26 @@ def test_solution_runs_top_to_bottom_with_every_test_passing(name, monkeypatch):
         text = "".join(o.get("text", "") for o in cell.outputs)
         waits_for_cuda = "gpu" in cell.metadata.get("tags", []) and not torch.cuda.is_available()
         assert (": pending" if waits_for_cuda else ": passed") in text, f"{cell.metadata.nbgrader.grade_id}: {text}"
+
+
+def save_figures(name, nb):
+    """Write the solution's figures to .figures/ (look at them); a notebook that plots must show them."""
+    import base64
+
+    FIGURES.mkdir(exist_ok=True)
+    for old in FIGURES.glob(f"{name}-*.png"):
+        old.unlink()
+    count = 0
+    for index, cell in enumerate(nb.cells):
+        for output in cell.get("outputs", []):
+            if "image/png" in output.get("data", {}):
+                count += 1
+                png = base64.b64decode(output["data"]["image/png"])
+                assert png.startswith(b"\x89PNG") and len(png) > 5000, f"cell {index}: an empty figure?"
+                (FIGURES / f"{name}-cell{index:02d}-{count}.png").write_bytes(png)
+    draws = sum("plot_" in c.source and c.cell_type == "code" and not c.metadata.get("nbgrader", {}).get("grade")
+                for c in nb.cells if "def plot_" not in c.source)
+    assert count >= draws, f"{name}: {draws} cells draw a figure but only {count} PNGs came out"
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
