@@ -2,7 +2,6 @@
 import nbformat
 import pytest
 from nbclient import NotebookClient
-from nbclient.exceptions import CellExecutionError
 
 from autograder.release import find_leaks
 from tests.students import ASSIGNMENT, ROOT
@@ -62,10 +61,7 @@ def save_figures(name, nb):
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_release_runs_until_the_first_stub(name, monkeypatch):
     path = ROOT / "release" / ASSIGNMENT / f"{name}.ipynb"
-    with pytest.raises(CellExecutionError) as err:
-        execute(path, monkeypatch)
-    assert "NotImplementedError" in str(err.value)
-    nb = execute(path, monkeypatch, allow_errors=True)
+    nb = execute(path, monkeypatch, allow_errors=True)  # every cell runs; the first error is what a student sees
     errors = [(i, o) for i, c in enumerate(nb.cells) if c.cell_type == "code"
               for o in c.outputs if o.output_type == "error"]
     first_cell, first_error = errors[0]
