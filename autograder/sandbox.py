@@ -50,6 +50,7 @@ def sandbox_prefix(extra_ro_binds=(), extra_binds=(), chdir="/tmp"):
         "--symlink", "usr/bin", "/bin", "--symlink", "usr/sbin", "/sbin",
         "--ro-bind-try", "/etc/ld.so.cache", "/etc/ld.so.cache",
         "--ro-bind-try", "/etc/localtime", "/etc/localtime",
+        "--ro-bind-try", "/etc/fonts", "/etc/fonts",  # matplotlib's fontconfig (else it prints an error)
         "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp",
     ]
     for home in sorted(python_homes):
@@ -178,6 +179,17 @@ def worker_command(cap):
     return limited_command(prefix + [python_executable(), "-s", "-E", f"{worker_dir}/worker.py"], cap)
 
 
+# A Unix socket path holds at most 107 bytes; the kernel's sockets are "<dir>/kernel-<port>".
+MAX_SOCKET_DIR = 80
+
+
+def _short_temp_dir():
+    """TMPDIR when socket paths in it fit, else /tmp: with a long TMPDIR the kernel could not
+    bind its sockets, and nbclient would wait for it instead of failing."""
+    base = tempfile.gettempdir()
+    return base if len(base) + len("/as-ipc-xxxxxxxx") <= MAX_SOCKET_DIR else "/tmp"
+
+
 def sandboxed_kernel_manager_class():
     """A jupyter_client kernel manager whose kernels start in the sandbox.
 
@@ -191,21 +203,22 @@ def sandboxed_kernel_manager_class():
         def __init__(self, **kwargs):
             super().__init__(**kwargs)
             self.scratch = None  # made when a kernel is started, removed when it is shut down
+            self.ipc_dir = None  # the kernel's sockets: a short path of its own (see _short_temp_dir)
             self.cap = None
 
         def format_kernel_cmd(self, extra_arguments=None):
             argv = super().format_kernel_cmd(extra_arguments)
             if self.cap is None:
                 self.cap = ProcessCap()
-            return kernel_command(argv, self.work_dir, self.scratch / "ipc", self.cap)
+            return kernel_command(argv, self.work_dir, self.ipc_dir, self.cap)
 
         async def start_kernel(self, **kw):
             self.scratch = Path(tempfile.mkdtemp(prefix="attention-surgeon-kernel-"))
-            (self.scratch / "ipc").mkdir()
+            self.ipc_dir = Path(tempfile.mkdtemp(prefix="as-ipc-", dir=_short_temp_dir()))
             self.work_dir = self.scratch / "work"
             self.transport = "ipc"
-            self.ip = str(self.scratch / "ipc" / "kernel")
-            self.connection_file = str(self.scratch / "ipc" / "kernel.json")
+            self.ip = str(self.ipc_dir / "kernel")
+            self.connection_file = str(self.ipc_dir / "kernel.json")
             source = Path(kw.pop("cwd", None) or ".")
             # The kernel sees a copy of its own assignment folder (data files, the student's
             # helper modules), never the folder nbgrader writes the graded notebook to.
@@ -232,9 +245,10 @@ def sandboxed_kernel_manager_class():
             if self.cap is not None:
                 self.cap.kill_all()
                 self.cap = None
-            if self.scratch is not None:
-                shutil.rmtree(self.scratch, ignore_errors=True)
-                self.scratch = None
+            for folder in (self.scratch, self.ipc_dir):
+                if folder is not None:
+                    shutil.rmtree(folder, ignore_errors=True)
+            self.scratch = self.ipc_dir = None
 
     return _SandboxedKernelManager
 

@@ -201,8 +201,10 @@ def hostile_batch(tmp_path_factory):
         (course / "submitted" / "missing_notebook" / "attention_surgeon").mkdir(parents=True)
         before = tree_digest(course / "submitted")
         started = time.monotonic()
-        scratch = course / "scratch"  # this batch's sandboxes live here, so leftovers can be told apart
-        scratch.mkdir()              # from those of tests running beside it
+        # This batch's sandboxes live here, so leftovers can be told apart from those of tests running
+        # beside it. The path is long on purpose: kernel sockets must still find a short enough home.
+        scratch = course / "scratch" / ("long-tmpdir-" * 3)
+        scratch.mkdir(parents=True)
         result = make(course, "autograde", env={**LIMITS, "TMPDIR": str(scratch)}, timeout=1800)
         elapsed = time.monotonic() - started
         time.sleep(1)
@@ -242,7 +244,8 @@ def test_the_batch_finishes_in_bounded_time_and_leaves_nothing_running(hostile_b
     assert hostile_batch["elapsed"] < 1500
     assert hostile_batch["orphans"] == []
     scratch = str(hostile_batch["scratch"])
-    assert not [p for p in psutil.process_iter(["cmdline"]) if scratch in " ".join(p.info["cmdline"] or [])]
+    assert not [p for p in psutil.process_iter(["cmdline", "cwd"])
+                if scratch in " ".join(p.info["cmdline"] or []) + " " + str(p.info["cwd"] or "")]
     assert not list(hostile_batch["scratch"].iterdir()), "every sandbox's scratch folder is removed"
 
 
