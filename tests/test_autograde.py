@@ -164,3 +164,20 @@ def test_rerun_is_safe_and_submitted_is_never_touched(graded_course):
     make(root, "autograde")
     assert read_grades(root) == grades
     assert tree_digest(root / "submitted") == before
+
+
+def test_a_notebook_left_out_is_graded_without_being_run(graded_course):
+    """`blank` submitted only Notebook 1: Notebook 2 is graded as the release version, and not run."""
+    import nbformat
+
+    root, _, _ = graded_course
+    nb = nbformat.read(root / "autograded" / "blank" / "attention_surgeon" / f"{NB2}.ipynb", as_version=4)
+    errors = [o for c in nb.cells for o in c.get("outputs", []) if o.output_type == "error"]
+    assert errors[0].ename == "NotRun"
+    hidden = [o for o in errors if o.ename == "HiddenCheckFailed"]
+    assert len(hidden) == len(check_points(NB2)) and all("was not run" in o.evalue or "not run" in "".join(o.traceback)
+                                                         for o in hidden)
+    assert not [o for c in nb.cells for o in c.get("outputs", []) if o.output_type in ("stream", "display_data")
+                and "public test passed" in o.get("text", "")]
+    note = (root / "feedback" / "blank" / "attention_surgeon" / "grading_notes.html").read_text()
+    assert f"{NB2}.ipynb was not submitted" in note

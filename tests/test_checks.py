@@ -78,3 +78,19 @@ def test_a_hanging_call_is_stopped_and_reported(monkeypatch):
 
 def test_unknown_check_is_pending_not_passed():
     assert run_check("no_such_check", None).status == "pending"
+
+
+def test_the_corpus_is_seeded_and_the_checks_read_the_released_generator():
+    """Notebook 3's corpus: the same text for the same seed, another for another seed, no downloads."""
+    import importlib.util
+
+    from autograder.checks.breaking_attention import check_corpus
+
+    spec = importlib.util.spec_from_file_location("released_corpus", ROOT / "release" / "attention_surgeon" /
+                                                  "make_corpus.py")
+    released = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(released)
+    text = released.make_corpus(seed=0)
+    assert text == released.make_corpus(seed=0) != released.make_corpus(seed=1)
+    assert 10_000 < len(text) < 20_000 and text.count("\n") == released.NUM_SENTENCES
+    assert check_corpus() == released.make_corpus(seed=1, num_sentences=120)
