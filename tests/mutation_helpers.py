@@ -4,7 +4,7 @@ Used by the Notebook 2 and 3 mutation suites. Each case changes one solution cel
 (grade_id) of the reference answers; it is graded through the sandboxed worker and the
 trusted checks that test that cell, as `make autograde` would grade them.
 """
-from tests.grading import check_points, grade_checks
+from tests.grading import check_points, grade_checks, score
 from tests.students import reference_answers, student_notebook
 
 
@@ -16,7 +16,7 @@ def grade_change(notebook, checks, change):
 
 def points_of(notebook, verdicts):
     points = check_points(notebook)
-    return sum(points[c] for c, v in verdicts.items() if v.status == "passed"), sum(points[c] for c in verdicts)
+    return score(verdicts, notebook), sum(points[c] for c in verdicts)
 
 
 def expect_points_lost(notebook, checks, change, label):

@@ -29,6 +29,13 @@ def expect_no_error(outcome, call_text):
         raise CheckFailed(f"{call_text}\n  raised {kind}: {message}")
 
 
+def expect_value_error(outcome, call_text, what_is_wrong):
+    """The call raised ValueError (any message): `what_is_wrong` says which input must be refused."""
+    if outcome.raised is None or outcome.raised[0] != "ValueError":
+        got = "returned normally" if outcome.raised is None else f"raised {outcome.raised[0]}"
+        raise CheckFailed(f"{call_text}\n  {got}; {what_is_wrong} must raise ValueError")
+
+
 def expect_tensor(value, name, call_text):
     if not isinstance(value, Returned):
         raise CheckFailed(f"{call_text}\n  returned {name} as {what(value)}; expected a torch.Tensor")

@@ -16,7 +16,7 @@ from ..reference import reference_pattern_statistics
 from ..strategies import GRADING, attention_maps, fixed_map, map_values, tokens_for
 from ..student import FigureSummary
 from . import CheckFailed, check
-from .expectations import expect_no_error, what
+from .expectations import expect_no_error, expect_value_error, what
 
 NOTEBOOK = "02_seeing_attention"
 IMAGE_ATOL = 1e-6  # the image may hold float32 copies of the weights; nothing else is allowed
@@ -112,10 +112,7 @@ def heatmap_is_labelled(student):
     for bad_shape, tokens in (((3, 4), ["a", "b", "c"]), ((3, 3), ["a", "b"])):
         call_text = f"plot_attention_heatmap(attention_weights{list(bad_shape)}, tokens[{len(tokens)}])"
         outcome = student.call("plot_attention_heatmap", torch.full(bad_shape, 0.25), tokens)
-        if outcome.raised is None or outcome.raised[0] != "ValueError":
-            got = "returned normally" if outcome.raised is None else f"raised {outcome.raised[0]}"
-            raise CheckFailed(f"{call_text}\n  {got}; weights that are not [len(tokens), len(tokens)] must raise "
-                              f"ValueError")
+        expect_value_error(outcome, call_text, "weights that are not [len(tokens), len(tokens)]")
 
 
 def multihead_case(num_heads, length, seed):
@@ -175,10 +172,7 @@ def multihead_rejects_wrong_head_count(student):
     for passed in (2, 4):
         call_text = multihead_call(3, 4, passed)
         outcome = student.call("plot_multihead_attention", weights, tokens, passed)
-        if outcome.raised is None or outcome.raised[0] != "ValueError":
-            got = "returned normally" if outcome.raised is None else f"raised {outcome.raised[0]}"
-            raise CheckFailed(f"{call_text}\n  {got}; a num_heads that does not match attention_weights.shape[0] "
-                              f"must raise ValueError")
+        expect_value_error(outcome, call_text, "a num_heads that does not match attention_weights.shape[0]")
 
 
 STATISTICS = ("max_attention", "entropy", "diagonal_mass", "local_vs_global")
