@@ -11,6 +11,7 @@ Two ways this file is read:
 Change a limit here, not in the modules that use it.
 """
 import os
+from importlib.util import find_spec
 from pathlib import Path
 
 # ---------------------------------------------------------------------------
@@ -116,6 +117,7 @@ c.Autograde.autograde_preprocessors = [
     "autograder.pipeline.StartTrustedChecks",
     "autograder.pipeline.SandboxedExecute",
     "autograder.pipeline.TrustedChecks",
+    "autograder.student_content.InertStudentContent",
     "nbgrader.preprocessors.IgnorePattern",
     "nbconvert.preprocessors.ClearMetadataPreprocessor",
     "nbgrader.preprocessors.LimitOutput",
@@ -123,6 +125,25 @@ c.Autograde.autograde_preprocessors = [
     "autograder.pipeline.RecordPendingChecks",
     "nbgrader.preprocessors.AssignLatePenalties",
     "nbgrader.preprocessors.CheckCellMetadata",
+]
+
+# Feedback pages: student content made inert again (autograded/ files from older runs), and
+# nbgrader's feedback template with a Content-Security-Policy that lets no script run
+# (autograder/templates/course_feedback). Set on GenerateFeedback's own exporter only, so
+# formgrader keeps its template.
+c.GenerateFeedback.preprocessors = [
+    "autograder.student_content.InertStudentContent",
+    "nbgrader.preprocessors.GetGrades",
+    "nbconvert.preprocessors.CSSHTMLHeaderPreprocessor",
+]
+_NBGRADER_FORMGRADER = os.path.join(find_spec("nbgrader").submodule_search_locations[0], "server_extensions",
+                                    "formgrader")
+c.GenerateFeedback.HTMLExporter.template_name = "course_feedback"
+c.GenerateFeedback.HTMLExporter.extra_template_basedirs = [str(COURSE_ROOT / "autograder" / "templates")]
+# nbgrader's templates (ours extends feedback/index.html.j2) and the bootstrap CSS its page inlines.
+c.GenerateFeedback.HTMLExporter.extra_template_paths = [
+    os.path.join(_NBGRADER_FORMGRADER, "templates"),
+    os.path.join(_NBGRADER_FORMGRADER, "static", "node_modules", "bootstrap", "dist", "css"),
 ]
 
 # solutions/ is the instructor's reference: the source notebooks as nbgrader's
