@@ -14,10 +14,15 @@ export MPLBACKEND := Agg
 NBGRADER := $(VENV)/bin/nbgrader
 ASSIGNMENT := attention_surgeon
 
-.PHONY: venv release validate autograde autograde-gpu feedback export test gpu-check lab clean-grading
+.PHONY: help venv release validate autograde autograde-gpu feedback export test gpu-check lab clean-grading
+.DEFAULT_GOAL := help
+
+help: ## this list (plain `make` prints it too)
+	@echo "The Attention Surgeon: make <target>   (README.md has the details)"
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## (.*)/  \1\t\2/' | expand -t 18
 
 # .venv from pinned versions, made on first use; remade when the lock changes.
-venv: $(VENV)/.installed
+venv: $(VENV)/.installed ## make .venv from requirements.lock (every other target does it first)
 $(VENV)/.installed: requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements.lock
@@ -25,36 +30,36 @@ $(VENV)/.installed: requirements.lock
 	touch $@
 
 # Instructor: release/ (student notebooks) and solutions/ from source/, then the leak check.
-release: venv
+release: venv ## instructor: release/ and solutions/ from source/, then the leak check
 	$(PY) -m autograder.release
 
 # Student: the public tests of one notebook, e.g. make validate NB=release/attention_surgeon/01_attention_from_scratch.ipynb
-validate: venv
+validate: venv ## student: public tests of NB=path/to/notebook.ipynb; fails when one fails
 	@test -n "$(NB)" || { echo "usage: make validate NB=path/to/notebook.ipynb"; exit 2; }
-	$(NBGRADER) validate "$(NB)"
+	$(PY) -m autograder.validate "$(NB)"
 
 # Grader: every submission under submitted/<student>/$(ASSIGNMENT)/ -> gradebook, autograded/, feedback/, grades.csv
-autograde: venv
+autograde: venv ## grader: every submitted/<student>/attention_surgeon/ -> gradebook, feedback/, grades.csv
 	$(PY) -m autograder.grade_submissions
 
 # Grader on a CUDA host: decide the GPU checks an earlier autograde left pending (nothing else).
-autograde-gpu: venv
+autograde-gpu: venv ## grader on a CUDA host: decide the GPU checks left pending
 	$(PY) -m autograder.fill_gpu_checks
 
-feedback: venv
-	$(NBGRADER) generate_feedback $(ASSIGNMENT) --force
+feedback: venv ## grader: feedback/ again from autograded/ (after manual grading)
+	$(PY) -m autograder.feedback
 
-export: venv
+export: venv ## grader: grades.csv from the gradebook
 	$(NBGRADER) export --to=grades.csv
 
-test: venv
+test: venv ## developer: the whole test suite
 	$(PY) -m pytest
 
-gpu-check: venv
+gpu-check: venv ## CUDA host: the GPU-tagged checks against the reference solution
 	$(PY) -m autograder.gpu_check
 
-lab: venv
+lab: venv ## JupyterLab in this folder
 	$(VENV)/bin/jupyter lab
 
-clean-grading:
+clean-grading: ## remove autograded/, feedback/, grades.csv, gradebook.db and .grading/
 	rm -rf autograded feedback grades.csv gradebook.db .grading

@@ -49,6 +49,11 @@ CELL_TIMEOUT_S = _policy("CELL_TIMEOUT_S", 120)
 # torch reserves ~1.5 GB of address space on import; 6 GiB leaves room for
 # the notebooks while stopping a memory hog long before it hurts the host.
 MEMORY_LIMIT_MB = _policy("MEMORY_LIMIT_MB", 6144)
+# Size of every writable place inside a sandbox: its /tmp, and the kernel's copy of its
+# assignment folder (its cwd and HOME). Each is a tmpfs, which lives in the host's RAM and
+# which neither the memory cap nor the file-size cap counts, so each has this cap of its own.
+# The notebooks write a few MB (matplotlib's cache, a corpus); 256 MiB leaves room to spare.
+SANDBOX_WRITABLE_MB = _policy("SANDBOX_WRITABLE_MB", 256)
 # Process cap for the sandbox that runs student code (threads count too:
 # torch starts one per core).
 MAX_PROCESSES = _policy("MAX_PROCESSES", 256)
@@ -57,6 +62,12 @@ OUTPUT_MAX_LINES = 1000
 OUTPUT_MAX_CHARS = 10_000
 # Wall-clock limit for grading one whole submission (all its notebooks).
 SUBMISSION_TIMEOUT_S = _policy("SUBMISSION_TIMEOUT_S", 900)
+# What of a submission is staged for grading (and so copied to autograded/ and into the kernel):
+# notebooks first, then other files in name order, until either limit would be passed. The
+# rest is left out, and the student's grading notes say so. The assignment's own files are
+# a few hundred KB; the limits leave room for a student's helper module or data file.
+SUBMISSION_MAX_MB = _policy("SUBMISSION_MAX_MB", 50)
+SUBMISSION_MAX_FILES = _policy("SUBMISSION_MAX_FILES", 100)
 # Submissions graded at once by `make autograde`.
 GRADING_PARALLELISM = int(os.environ.get("ATTENTION_SURGEON_PARALLELISM", 0)) or max(1, os.cpu_count() or 1)
 # Student code runs under bubblewrap. "required": refuse to grade when the
@@ -98,6 +109,8 @@ c.CourseDirectory.autograded_directory = "autograded"
 c.CourseDirectory.feedback_directory = "feedback"
 # A long SQLite busy timeout: parallel autograde processes share the gradebook.
 c.CourseDirectory.db_url = f"sqlite:///{COURSE_ROOT / 'gradebook.db'}?timeout=300"
+# nbgrader's own copies (collect, autograde) skip larger files, with a warning.
+c.CourseDirectory.max_file_size = SUBMISSION_MAX_MB * 1024  # KB
 c.CourseDirectory.ignore = [".ipynb_checkpoints", "*.pyc", "__pycache__", "feedback", ".hypothesis"]
 
 # Students get their notebooks without outputs; the assignment is the notebooks.
@@ -127,13 +140,14 @@ c.Autograde.autograde_preprocessors = [
     "nbgrader.preprocessors.CheckCellMetadata",
 ]
 
-# Feedback pages: student content made inert again (autograded/ files from older runs), and
-# nbgrader's feedback template with a Content-Security-Policy that lets no script run
-# (autograder/templates/course_feedback). Set on GenerateFeedback's own exporter only, so
+# Feedback pages: student content made inert again (autograded/ files from older runs), grades
+# read with what is still pending, and nbgrader's feedback template made safe and readable
+# (autograder/templates/course_feedback: a Content-Security-Policy that lets no script run,
+# each check named and marked passed, failed or pending). Set on GenerateFeedback's own exporter only, so
 # formgrader keeps its template.
 c.GenerateFeedback.preprocessors = [
     "autograder.student_content.InertStudentContent",
-    "nbgrader.preprocessors.GetGrades",
+    "autograder.feedback.GetGradesAndPending",
     "nbconvert.preprocessors.CSSHTMLHeaderPreprocessor",
 ]
 _NBGRADER_FORMGRADER = os.path.join(find_spec("nbgrader").submodule_search_locations[0], "server_extensions",

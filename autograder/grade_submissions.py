@@ -21,13 +21,13 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from html import escape
 from pathlib import Path
 
 import nbformat
 
 import course_config
 
+from .feedback import generate_feedback, save_reports
 from .nbgrader_cli import nbgrader_env, run_nbgrader
 from .sandbox import refuse_unless_sandbox_works
 
@@ -82,20 +82,47 @@ def repair_grade_ids(path):
     return problems
 
 
+def staged_files(source):
+    """(files to stage, note or None): notebooks first, then the rest by name, within the course's limits.
+    Only plain files at the top of the submission are ever staged (no folders, no links)."""
+    limit_bytes = course_config.SUBMISSION_MAX_MB << 20
+    files = [p for p in sorted(source.iterdir()) if p.is_file() and not p.is_symlink()]
+    files.sort(key=lambda p: p.suffix != ".ipynb")  # stable: notebooks first, each group by name
+    chosen, left_out, used = [], [], 0
+    for path in files:
+        size = path.stat().st_size
+        if len(chosen) < course_config.SUBMISSION_MAX_FILES and used + size <= limit_bytes:
+            chosen.append(path)
+            used += size
+        else:
+            left_out.append(path)
+    if not left_out:
+        return chosen, None
+    size_mb = sum(p.stat().st_size for p in left_out) / 2**20
+    names = ", ".join(p.name for p in left_out[:5]) + (", ..." if len(left_out) > 5 else "")
+    return chosen, (f"{len(left_out)} file(s) ({size_mb:.1f} MB: {names}) were not graded: a submission may hold "
+                    f"at most {course_config.SUBMISSION_MAX_FILES} files and {course_config.SUBMISSION_MAX_MB} MB "
+                    f"in all. Submit only the notebooks and the files they need.")
+
+
 def stage(student):
-    """Copy one submission into .grading/, repairing what nbgrader could not read."""
+    """Copy one submission into .grading/, within the limits, repairing what nbgrader could not read."""
     report = SubmissionReport(student)
     source = ROOT / "submitted" / student / ASSIGNMENT
     target = STAGING / "submitted" / student / ASSIGNMENT
     shutil.rmtree(target, ignore_errors=True)
     target.mkdir(parents=True)
-    for path in sorted(source.iterdir()):
-        if path.is_file() and not path.is_symlink():
-            shutil.copyfile(path, target / path.name)
+    files, note = staged_files(source)
+    for path in files:
+        shutil.copyfile(path, target / path.name)
+    if note:
+        report.problems.append(note)
     for release in release_notebooks():
         staged = target / release.name
         if not staged.exists():
             shutil.copyfile(release, staged)  # graded as blank: every answer scores 0
+            if (source / release.name).exists():
+                continue  # left out above, and the note says why
             report.problems.append(f"{release.name} was not submitted; it was graded as an unanswered notebook.")
             continue
         problem = read_problem(staged)
@@ -166,19 +193,6 @@ def autograde_all(students):
     return [reports[s] for s in students]
 
 
-def write_problem_notes(reports):
-    """A short page beside each student's feedback that says what went wrong, if anything did."""
-    for report in reports:
-        note = ROOT / "feedback" / report.student / ASSIGNMENT / "grading_notes.html"
-        if report.problems:
-            note.parent.mkdir(parents=True, exist_ok=True)
-            items = "".join(f"<li>{escape(p)}</li>" for p in report.problems)
-            note.write_text(f"<html><body><h2>Grading notes for {escape(report.student)}</h2>"
-                            f"<ul>{items}</ul></body></html>\n")
-        elif note.exists():
-            note.unlink()
-
-
 def students():
     submitted = ROOT / "submitted"
     if not submitted.is_dir():
@@ -201,11 +215,9 @@ def main():
     if refused:
         return refused
     reports = autograde_all(everyone)
-    run_nbgrader("generate_feedback", ASSIGNMENT, "--force", check=False,
-                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    write_problem_notes(reports)
+    save_reports([asdict(r) for r in reports])
+    generate_feedback()
     run_nbgrader("export", "--to=grades.csv", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    (STAGING / "report.json").write_text(json.dumps([asdict(r) for r in reports], indent=1))
     elapsed = time.monotonic() - started
     for r in reports:
         status = "ok" if r.ok else "NOT FINISHED"

@@ -38,7 +38,7 @@ def sandbox_enabled():
     return True
 
 
-def sandbox_prefix(extra_ro_binds=(), extra_binds=(), chdir="/tmp"):
+def sandbox_prefix(extra_ro_binds=(), extra_binds=(), extra_tmpfs=(), chdir="/tmp"):
     """The bwrap arguments that wrap a command, or [] when the sandbox is switched off."""
     if not sandbox_enabled():
         return []
@@ -51,7 +51,10 @@ def sandbox_prefix(extra_ro_binds=(), extra_binds=(), chdir="/tmp"):
         "--ro-bind-try", "/etc/ld.so.cache", "/etc/ld.so.cache",
         "--ro-bind-try", "/etc/localtime", "/etc/localtime",
         "--ro-bind-try", "/etc/fonts", "/etc/fonts",  # matplotlib's fontconfig (else it prints an error)
-        "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp",
+        "--proc", "/proc", "--dev", "/dev",
+        # Every writable place is a tmpfs of its own size: tmpfs pages are the host's RAM, and
+        # neither RLIMIT_AS nor the file-size cap counts them.
+        "--size", str(writable_bytes()), "--tmpfs", "/tmp",
     ]
     for home in sorted(python_homes):
         args += ["--ro-bind", home, home]
@@ -64,7 +67,13 @@ def sandbox_prefix(extra_ro_binds=(), extra_binds=(), chdir="/tmp"):
         args += ["--ro-bind", str(source), str(target)]
     for source, target in extra_binds:
         args += ["--bind", str(source), str(target)]
+    for target in extra_tmpfs:
+        args += ["--size", str(writable_bytes()), "--tmpfs", str(target)]
     return args + ["--chdir", chdir]
+
+
+def writable_bytes():
+    return course_config.SANDBOX_WRITABLE_MB << 20
 
 
 def sandbox_environment(home="/tmp"):
@@ -155,16 +164,28 @@ def limited_command(command, cap):
             "prlimit", f"--as={memory}", f"--fsize={FILE_SIZE_LIMIT}", "--core=0", "--", *command]
 
 
-def kernel_command(kernel_argv, work_dir, ipc_dir, cap):
-    """The student's Jupyter kernel in the sandbox: it sees a throw-away copy of its assignment
-    folder (`work_dir`, its cwd) and the folder of its IPC sockets, and nothing else of the host."""
+# Inside the sandbox: the kernel's assignment folder, read-only, before it is copied into its tmpfs.
+SANDBOX_ASSIGNMENT_DIR = "/assignment"
+# Copy the assignment folder (not its notebooks) into the kernel's sized tmpfs, then start the kernel.
+# A copy that does not fit stops at the cap; the kernel starts anyway, and a cell that needs a
+# missing file fails in the student's own notebook.
+COPY_THEN_EXEC = 'cp -R "$0"/. . 2>/dev/null; find . -name "*.ipynb" -delete; exec "$@"'
+
+
+def kernel_command(kernel_argv, assignment_dir, work_dir, ipc_dir, cap):
+    """The student's Jupyter kernel in the sandbox. Its cwd, `work_dir`, is a tmpfs of
+    SANDBOX_WRITABLE_MB holding a copy of its assignment folder; it also sees the folder of its
+    IPC sockets, and nothing else of the host."""
     argv = [python_executable(), *kernel_argv[1:]]
-    prefix = sandbox_prefix(extra_binds=[(work_dir, work_dir), (ipc_dir, ipc_dir)], chdir=str(work_dir))
-    if prefix:
-        # In its own pid namespace the kernel's parent is pid 1, which ipykernel's parent
-        # poller would take for "my parent died". bwrap's --die-with-parent does that job.
-        prefix += ["--unsetenv", "JPY_PARENT_PID"]
-    return limited_command(prefix + argv, cap)
+    prefix = sandbox_prefix(extra_ro_binds=[(assignment_dir, SANDBOX_ASSIGNMENT_DIR)], extra_tmpfs=[work_dir],
+                            extra_binds=[(ipc_dir, ipc_dir)], chdir=str(work_dir))
+    if not prefix:  # no sandbox (a trusted test machine): a copy on the host's disk
+        shutil.copytree(assignment_dir, work_dir, ignore=shutil.ignore_patterns("*.ipynb"), symlinks=False)
+        return limited_command(argv, cap)
+    # In its own pid namespace the kernel's parent is pid 1, which ipykernel's parent
+    # poller would take for "my parent died". bwrap's --die-with-parent does that job.
+    prefix += ["--unsetenv", "JPY_PARENT_PID"]
+    return limited_command(prefix + ["/bin/sh", "-c", COPY_THEN_EXEC, SANDBOX_ASSIGNMENT_DIR] + argv, cap)
 
 
 def python_executable():
@@ -202,7 +223,6 @@ def sandboxed_kernel_manager_class():
     class _SandboxedKernelManager(AsyncKernelManager):
         def __init__(self, **kwargs):
             super().__init__(**kwargs)
-            self.scratch = None  # made when a kernel is started, removed when it is shut down
             self.ipc_dir = None  # the kernel's sockets: a short path of its own (see _short_temp_dir)
             self.cap = None
 
@@ -210,21 +230,19 @@ def sandboxed_kernel_manager_class():
             argv = super().format_kernel_cmd(extra_arguments)
             if self.cap is None:
                 self.cap = ProcessCap()
-            return kernel_command(argv, self.work_dir, self.ipc_dir, self.cap)
+            return kernel_command(argv, self.assignment_dir, self.work_dir, self.ipc_dir, self.cap)
 
         async def start_kernel(self, **kw):
-            self.scratch = Path(tempfile.mkdtemp(prefix="attention-surgeon-kernel-"))
             self.ipc_dir = Path(tempfile.mkdtemp(prefix="as-ipc-", dir=_short_temp_dir()))
-            self.work_dir = self.scratch / "work"
+            self.work_dir = self.ipc_dir / "work"  # a tmpfs inside the sandbox; a copy on the host without one
             self.transport = "ipc"
             self.ip = str(self.ipc_dir / "kernel")
             self.connection_file = str(self.ipc_dir / "kernel.json")
-            source = Path(kw.pop("cwd", None) or ".")
             # The kernel sees a copy of its own assignment folder (data files, the student's
             # helper modules), never the folder nbgrader writes the graded notebook to.
-            shutil.copytree(source, self.work_dir, ignore=shutil.ignore_patterns("*.ipynb"), symlinks=False)
+            self.assignment_dir = Path(kw.pop("cwd", None) or ".").resolve()
             kw["env"] = sandbox_environment(home=str(self.work_dir))
-            kw["cwd"] = str(self.scratch)
+            kw["cwd"] = str(self.ipc_dir)
             return await AsyncKernelManager.start_kernel(self, **kw)
 
         async def shutdown_kernel(self, now=False, restart=False):
@@ -241,14 +259,13 @@ def sandboxed_kernel_manager_class():
                 self._remove_sandbox()
 
         def _remove_sandbox(self):
-            """Kill every process of the sandbox and delete its scratch folder."""
+            """Kill every process of the sandbox and delete its IPC folder."""
             if self.cap is not None:
                 self.cap.kill_all()
                 self.cap = None
-            for folder in (self.scratch, self.ipc_dir):
-                if folder is not None:
-                    shutil.rmtree(folder, ignore_errors=True)
-            self.scratch = self.ipc_dir = None
+            if self.ipc_dir is not None:
+                shutil.rmtree(self.ipc_dir, ignore_errors=True)
+            self.ipc_dir = None
 
     return _SandboxedKernelManager
 

@@ -55,7 +55,20 @@ def submissions():
         "blank": {NB1: student_notebook({})},
         "broken_json": {NB1: '{"cells": [ this is not json'},
         "patches_comparisons": {NB1: patched},
+        "oversized": {NB1: student_notebook(answers)},  # plus many files and a big one: see graded_course
     }
+
+
+# Short staging limits for this batch (the notebooks are about 50 KB each).
+STAGING_LIMITS = {"ATTENTION_SURGEON_SUBMISSION_MAX_MB": "5", "ATTENTION_SURGEON_SUBMISSION_MAX_FILES": "20"}
+
+
+def add_clutter(folder):
+    """What the 'unbounded submission' attack sent: a big file and many small ones."""
+    with open(folder / "big.bin", "wb") as f:
+        f.truncate(12 << 20)  # 12 MB (sparse: cheap to make, as large to copy)
+    for i in range(40):
+        (folder / f"small{i:03d}.txt").write_text("x" * 1000)
 
 
 @pytest.fixture(scope="module")
@@ -63,9 +76,11 @@ def graded_course(tmp_path_factory):
     root = copy_course(tmp_path_factory.mktemp("e2e"))
     make(root, "release")
     for student, notebooks in submissions().items():
-        write_submission(root, student, notebooks)
+        folder = write_submission(root, student, notebooks)
+        if student == "oversized":
+            add_clutter(folder)
     before = tree_digest(root / "submitted")
-    first = make(root, "autograde")
+    first = make(root, "autograde", env=STAGING_LIMITS)
     return root, before, first
 
 
@@ -79,6 +94,7 @@ def test_grades_csv_holds_the_expected_scores(graded_course):
         "blank": 0.0,
         "broken_json": 0.0,
         "patches_comparisons": no_scale,  # patching comparisons changes nothing: no_scale's score exactly
+        "oversized": full[NB1],  # its notebook is staged first; the clutter is left out
     }
 
 
@@ -161,7 +177,7 @@ def test_rerun_is_safe_and_submitted_is_never_touched(graded_course):
     root, before, _ = graded_course
     grades = read_grades(root)
     assert tree_digest(root / "submitted") == before
-    make(root, "autograde")
+    make(root, "autograde", env=STAGING_LIMITS)
     assert read_grades(root) == grades
     assert tree_digest(root / "submitted") == before
 
@@ -181,3 +197,27 @@ def test_a_notebook_left_out_is_graded_without_being_run(graded_course):
                 and "public test passed" in o.get("text", "")]
     note = (root / "feedback" / "blank" / "attention_surgeon" / "grading_notes.html").read_text()
     assert f"{NB2}.ipynb was not submitted" in note
+
+
+def test_an_oversized_submission_is_staged_within_the_limits(graded_course):
+    """Before: a 1 GB file and 20,000 small ones were copied three times. Now the notebooks come
+    first, then other files until SUBMISSION_MAX_FILES or SUBMISSION_MAX_MB would be passed."""
+    root, _, _ = graded_course
+    assert read_grades(root)["oversized"] == sum(decidable_points(NB1).values())
+    for folder in (root / ".grading" / "submitted" / "oversized" / "attention_surgeon",
+                   root / "autograded" / "oversized" / "attention_surgeon"):
+        # the student's own files; the notebooks they did not submit are staged as blank copies
+        files = [p for p in folder.iterdir() if p.is_file() and p.stem not in NOTEBOOKS[1:]]
+        assert len(files) <= 20 and sum(p.stat().st_size for p in files) <= 5 << 20
+        assert not (folder / "big.bin").exists()
+    note = (root / "feedback" / "oversized" / "attention_surgeon" / "grading_notes.html").read_text()
+    assert "were not graded: a submission may hold at most 20 files and 5 MB" in note and "big.bin" in note
+
+
+def test_make_feedback_keeps_the_grading_notes(graded_course):
+    """Before: nbgrader's generate_feedback --force deleted grading_notes.html, the one page that says why."""
+    root, _, _ = graded_course
+    make(root, "feedback")
+    note = root / "feedback" / "broken_json" / "attention_surgeon" / "grading_notes.html"
+    assert "could not be read" in note.read_text()
+    assert (root / "feedback" / "correct" / "attention_surgeon" / f"{NB1}.html").exists()

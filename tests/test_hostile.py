@@ -27,7 +27,10 @@ FULL = sum(decidable_points().values())  # GPU checks stay pending without CUDA
 MASK_POINTS = check_points()["causal_mask"] + check_points()["reverse_mask"]
 LIMITS = {"ATTENTION_SURGEON_CELL_TIMEOUT_S": "8", "ATTENTION_SURGEON_CALL_TIMEOUT_S": "30",
           "ATTENTION_SURGEON_WORKER_START_TIMEOUT_S": "90", "ATTENTION_SURGEON_SUBMISSION_TIMEOUT_S": "400",
-          "ATTENTION_SURGEON_MEMORY_LIMIT_MB": "4096", "ATTENTION_SURGEON_MAX_PROCESSES": "64"}
+          "ATTENTION_SURGEON_MEMORY_LIMIT_MB": "4096", "ATTENTION_SURGEON_MAX_PROCESSES": "64",
+          "ATTENTION_SURGEON_SANDBOX_WRITABLE_MB": "128"}
+WRITABLE_MB = 128
+FLOOD_FILE_MB = 60  # the flood writes files of this size until the sandbox refuses
 ORPHAN_MARK = "7371"  # `sleep 73710` etc.: what the orphan attack leaves behind, if anything
 
 
@@ -80,6 +83,22 @@ for target in [{grades_csv}, "../../../grades.csv"]:
         print("NO", target, type(err).__name__)
 """),
         "infinite_loop": attack("while True:\n    pass"),
+        # 40 files of 60 MB into /tmp (a tmpfs: the host's RAM) and into the kernel's working folder.
+        "floods_writable_places": attack(f"""
+import os
+for folder in ("/tmp", "."):
+    written = 0
+    for i in range(40):
+        try:
+            with open(os.path.join(folder, f"flood{{i}}"), "wb") as f:
+                f.write(b"x" * ({FLOOD_FILE_MB} << 20))
+            written += 1
+        except OSError as err:
+            break
+    print("FLOOD", folder, written)
+    for i in range(written):
+        os.remove(os.path.join(folder, f"flood{{i}}"))
+"""),
         "os_exit": attack("import os\nos._exit(0)"),
         "memory_hog": attack("hog = bytearray(64 * 2**30)"),
         "orphans": attack(f"""
@@ -179,6 +198,34 @@ class Listener:
         self.sock.close()
 
 
+class SharedMemoryPeak:
+    """The largest growth of the host's shared memory (tmpfs pages: /proc/meminfo Shmem) while it is open."""
+
+    def __init__(self):
+        self.growth_mb, self._stop = 0.0, threading.Event()
+
+    @staticmethod
+    def _shmem_mb():
+        for line in open("/proc/meminfo"):
+            if line.startswith("Shmem:"):
+                return int(line.split()[1]) / 1024
+        return 0.0
+
+    def _sample(self):
+        base = self._shmem_mb()
+        while not self._stop.wait(0.1):
+            self.growth_mb = max(self.growth_mb, self._shmem_mb() - base)
+
+    def __enter__(self):
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
 def orphan_processes():
     found = []
     for proc in psutil.process_iter(["cmdline"]):
@@ -205,14 +252,16 @@ def hostile_batch(tmp_path_factory):
         # beside it. The path is long on purpose: kernel sockets must still find a short enough home.
         scratch = course / "scratch" / ("long-tmpdir-" * 3)
         scratch.mkdir(parents=True)
-        result = make(course, "autograde", env={**LIMITS, "TMPDIR": str(scratch)}, timeout=1800)
+        with SharedMemoryPeak() as shmem:
+            result = make(course, "autograde", env={**LIMITS, "TMPDIR": str(scratch)}, timeout=1800)
         elapsed = time.monotonic() - started
         time.sleep(1)
         received = list(listener.received)
     finally:
         listener.close()
     return {"course": course, "before": before, "elapsed": elapsed, "received": received,
-            "output": result.stdout, "orphans": orphan_processes(), "scratch": scratch}
+            "output": result.stdout, "orphans": orphan_processes(), "scratch": scratch,
+            "shmem_growth_mb": shmem.growth_mb}
 
 
 def autograded_text(course, student):
@@ -235,7 +284,7 @@ def test_every_attack_gains_nothing_and_no_other_grade_moves(hostile_batch):
         "empty_file": 0.0, "missing_notebook": 0.0,
     })
     assert grades == expected
-    assert len(grades) == 19
+    assert len(grades) == 20
 
 
 def test_the_batch_finishes_in_bounded_time_and_leaves_nothing_running(hostile_batch):
@@ -269,6 +318,20 @@ def test_gradebook_and_submitted_are_untouched(hostile_batch):
     assert "WROTE" not in autograded_text(course, "writes_gradebook")
     assert read_grades(course)["writes_gradebook"] == MASK_POINTS  # its honest worth, nothing more
     assert read_grades(course)["bystander"] == FULL
+
+
+def test_writable_places_in_the_sandbox_are_capped(hostile_batch):
+    """Before: /tmp was an unsized tmpfs and the kernel's folder was on the host's disk (6.9 GB of the
+    host's RAM, 3 GB of disk). Now each writable place is a tmpfs of SANDBOX_WRITABLE_MB."""
+    course = hostile_batch["course"]
+    outputs = autograded_text(course, "floods_writable_places")
+    cap_files = WRITABLE_MB // FLOOD_FILE_MB
+    assert f"FLOOD /tmp {cap_files}" in outputs and f"FLOOD . {cap_files}" in outputs
+    # At most every sandbox of the batch full at once: two shards, each a kernel (/tmp and its
+    # folder) and a worker (/tmp), plus room for the host's own changes meanwhile.
+    bound = 2 * 3 * WRITABLE_MB + 256
+    print(f"shared memory grew by at most {hostile_batch['shmem_growth_mb']:.0f} MB (bound {bound} MB)")
+    assert hostile_batch["shmem_growth_mb"] < bound
 
 
 def test_output_is_capped(hostile_batch):

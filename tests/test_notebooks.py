@@ -104,6 +104,7 @@ def test_make_validate_reports_failing_public_tests_and_passes_a_finished_notebo
     blank = course / "release" / ASSIGNMENT / f"{NOTEBOOKS[0]}.ipynb"
     result = make(course, "validate", f"NB={blank}", check=False)
     assert "VALIDATION FAILED" in result.stdout + result.stderr
+    assert result.returncode != 0, "a script (or a student's pre-submit hook) can tell it failed"
     finished = tmp_path / "finished.ipynb"
     nbformat.write(student_notebook(reference_answers()), finished)
     result = make(course, "validate", f"NB={finished}")
