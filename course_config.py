@@ -40,6 +40,10 @@ CALL_TIMEOUT_S = _policy("CALL_TIMEOUT_S", 10)
 # trains three tiny models on a short corpus (about 2 s on one core here; 60 s leaves room
 # for a plainly written loop on a loaded grading host).
 EXPERIMENT_CALL_TIMEOUT_S = _policy("EXPERIMENT_CALL_TIMEOUT_S", 60)
+# Wall-clock budget for all the calls of one hidden check together: a function that answers just
+# under CALL_TIMEOUT_S every time stops being called here. The whole hidden suite of a notebook takes
+# seconds for a plain loop implementation; Notebook 3's experiments take a few seconds a call.
+CHECK_TIME_BUDGET_S = _policy("CHECK_TIME_BUDGET_S", 120)
 # Wall-clock limit for loading a student's notebook code into the worker
 # (importing torch and running their cells once, each cell at most CELL_TIMEOUT_S).
 WORKER_START_TIMEOUT_S = _policy("WORKER_START_TIMEOUT_S", 120)
@@ -60,8 +64,11 @@ MAX_PROCESSES = _policy("MAX_PROCESSES", 256)
 # What student code may print into a notebook (per cell) and into feedback.
 OUTPUT_MAX_LINES = 1000
 OUTPUT_MAX_CHARS = 10_000
-# Wall-clock limit for grading one whole submission (all its notebooks).
+# Wall-clock limit for grading one whole submission (all its notebooks: the kernel's run and the
+# hidden checks). Inside, checks and cells stop when it runs out and the student's notes say so;
+# outside, the batch stops that student's grading SUBMISSION_GRACE_S later, for good (no second try).
 SUBMISSION_TIMEOUT_S = _policy("SUBMISSION_TIMEOUT_S", 900)
+SUBMISSION_GRACE_S = _policy("SUBMISSION_GRACE_S", 60)
 # What of a submission is staged for grading (and so copied to autograded/ and into the kernel):
 # notebooks first, then other files in name order, until either limit would be passed. The
 # rest is left out, and the student's grading notes say so. The assignment's own files are
@@ -159,6 +166,10 @@ c.GenerateFeedback.HTMLExporter.extra_template_paths = [
     os.path.join(_NBGRADER_FORMGRADER, "templates"),
     os.path.join(_NBGRADER_FORMGRADER, "static", "node_modules", "bootstrap", "dist", "css"),
 ]
+
+# grades.csv: nbgrader's columns plus pending_points and pending (autograder/export.py), so
+# undecided GPU checks and written answers are not read as zeros.
+c.ExportApp.plugin_class = "autograder.export.CsvWithPendingPlugin"
 
 # solutions/ is the instructor's reference: the source notebooks as nbgrader's
 # generate_solution writes them, not executed (so the committed files are

@@ -6,7 +6,9 @@
     .grading/submitted/<student>/<assignment>/
         | nbgrader's autograde (NbGraderAPI), students split into one shard per core,
         | each shard one trusted process; hidden checks: autograder/pipeline.py.
-        | A student whose shard died or hung is regraded alone.
+        | Each student has SUBMISSION_TIMEOUT_S of wall clock (time_budget.py); past it
+        | (and a grace) their grading is stopped for good. A student whose shard
+        | died under them is regraded alone, once.
     gradebook.db, autograded/
         | nbgrader generate_feedback, nbgrader export
     feedback/<student>/<assignment>/*.html, grades.csv
@@ -15,7 +17,10 @@ Safe to re-run: each student is regraded from a fresh copy (--force).
 One submission that crashes, hangs or is not even JSON never stops the batch.
 """
 import json
+import os
+import select
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -29,6 +34,7 @@ import course_config
 
 from .feedback import generate_feedback, save_reports
 from .nbgrader_cli import nbgrader_env, run_nbgrader
+from . import time_budget
 from .sandbox import refuse_unless_sandbox_works
 
 ROOT = course_config.COURSE_ROOT
@@ -136,13 +142,16 @@ def stage(student):
 
 
 def grade_shard(students):
-    """In this process: nbgrader's autograde for each student, one JSON line of result each."""
+    """In this process: nbgrader's autograde for each student, each on its own clock.
+    Writes one JSON line when a student starts and one with the result when they are done."""
     from nbgrader.apps import NbGraderAPI
 
     config = course_config.c.copy()
     config.CourseDirectory.submitted_directory = str(STAGING / "submitted")
     api = NbGraderAPI(config=config)
     for student in students:
+        print(json.dumps({"started": student}), flush=True)
+        time_budget.start_submission()
         started = time.monotonic()
         result = api.autograde(ASSIGNMENT, student, force=True, create=True)
         log = (STAGING / "logs" / f"{student}.log")
@@ -152,42 +161,102 @@ def grade_shard(students):
                           "seconds": time.monotonic() - started}), flush=True)
 
 
-def run_shard(students):
-    """Grade `students` in one child process; {student: (ok, seconds)} for those it finished."""
-    done = {}
-    command = [sys.executable, "-m", "autograder.grade_submissions", "--shard", *students]
-    try:
-        result = subprocess.run(command, cwd=ROOT, env=nbgrader_env(), capture_output=True, text=True,
-                                stdin=subprocess.DEVNULL, timeout=course_config.SUBMISSION_TIMEOUT_S * len(students))
-        output = result.stdout
-    except subprocess.TimeoutExpired as stopped:
-        output = stopped.stdout.decode() if isinstance(stopped.stdout, bytes) else (stopped.stdout or "")
-    for line in output.splitlines():
-        try:
-            record = json.loads(line)
-            done[record["student"]] = (bool(record["ok"]), float(record["seconds"]))
-        except (ValueError, KeyError, TypeError):
+@dataclass
+class ShardResult:
+    done: dict = field(default_factory=dict)  # student -> (ok, seconds)
+    stopped: dict = field(default_factory=dict)  # student -> seconds: used their whole limit, stopped for good
+
+
+def _lines(process, deadline):
+    """The shard's stdout, line by line, until it ends or `deadline()` (re-read each time) passes."""
+    buffer = b""
+    while True:
+        left = deadline() - time.monotonic()
+        if left <= 0:
+            raise TimeoutError
+        if not select.select([process.stdout], [], [], min(left, 1.0))[0]:
             continue
-    return done
+        chunk = os.read(process.stdout.fileno(), 1 << 16)
+        if not chunk:
+            return
+        buffer += chunk
+        while b"\n" in buffer:
+            line, _, buffer = buffer.partition(b"\n")
+            yield line
+
+
+def run_shard(students, log_name):
+    """Grade `students` in child processes, each student within SUBMISSION_TIMEOUT_S (+ grace) of wall
+    clock. A student past it is stopped, and the shard goes on with the others in a fresh process."""
+    result = ShardResult()
+    hard_limit = course_config.SUBMISSION_TIMEOUT_S + course_config.SUBMISSION_GRACE_S
+    queue = list(students)
+    while queue:
+        current = {"student": None, "since": time.monotonic()}
+        log = open(STAGING / "logs" / f"{log_name}.log", "ab")
+        process = subprocess.Popen([sys.executable, "-m", "autograder.grade_submissions", "--shard", *queue],
+                                   cwd=ROOT, env=nbgrader_env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                   stderr=log, start_new_session=True)
+        try:
+            for line in _lines(process, lambda: current["since"] + hard_limit):
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue
+                if "started" in record:
+                    current.update(student=record["started"], since=time.monotonic())
+                elif "student" in record:
+                    result.done[record["student"]] = (bool(record["ok"]), float(record["seconds"]))
+                    current["student"] = None
+        except TimeoutError:
+            if current["student"] is not None:
+                result.stopped[current["student"]] = time.monotonic() - current["since"]
+        finally:
+            _stop(process)
+            log.close()
+        ended = set(result.done) | set(result.stopped)
+        if current["student"] is not None and current["student"] not in ended:
+            ended.add(current["student"])  # the process died under this student: graded alone later
+        queue = [s for s in queue if s not in ended]
+    return result
+
+
+def _stop(process):
+    """End a shard process and everything it started (sandboxes die with their parent)."""
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    process.wait()
+    process.stdout.close()
 
 
 def autograde_all(students):
-    """Grade everyone, one shard per core; students a shard did not finish are regraded alone."""
+    """Grade everyone, one shard per core. A student whose shard died under them is regraded alone,
+    once; a student who used their whole time limit is not (a second try would only double it)."""
     reports = {s: stage(s) for s in students}
-    shards = [students[i::course_config.GRADING_PARALLELISM] for i in range(course_config.GRADING_PARALLELISM)]
-    with ThreadPoolExecutor(max_workers=course_config.GRADING_PARALLELISM) as pool:
-        results = {}
-        for done in pool.map(run_shard, [shard for shard in shards if shard]):
-            results.update(done)
-        missing = [s for s in students if s not in results]
-        for done in pool.map(run_shard, [[s] for s in missing]):
-            results.update(done)
+    (STAGING / "logs").mkdir(parents=True, exist_ok=True)
+    parallel = course_config.GRADING_PARALLELISM
+    shards = [students[i::parallel] for i in range(parallel)]
+    done, stopped = {}, {}
+    with ThreadPoolExecutor(max_workers=parallel) as pool:
+        for result in pool.map(run_shard, [s for s in shards if s], [f"shard-{i}" for i in range(parallel)]):
+            done.update(result.done)
+            stopped.update(result.stopped)
+        crashed = [s for s in students if s not in done and s not in stopped]
+        for result in pool.map(run_shard, [[s] for s in crashed], [f"alone-{s}" for s in crashed]):
+            done.update(result.done)
+            stopped.update(result.stopped)
     for student, report in reports.items():
-        ok, seconds = results.get(student, (False, 0.0))
+        ok, seconds = done.get(student, (False, stopped.get(student, 0.0)))
         report.ok, report.seconds = ok, seconds
-        if student not in results:
-            report.problems.append(f"grading was stopped after {course_config.SUBMISSION_TIMEOUT_S} s or crashed; "
-                                   f"a TA will look at it.")
+        if student in stopped:
+            report.problems.append(
+                f"grading was stopped after {seconds:.0f} s: a submission may take at most "
+                f"{course_config.SUBMISSION_TIMEOUT_S} s to grade (your functions or cells were too slow). "
+                f"The notebooks graded before that keep their scores; a TA will look at it.")
+        elif student not in done:
+            report.problems.append("grading crashed twice on this submission; a TA will look at it.")
         elif not ok:
             report.problems.append("the autograder could not finish grading this submission; a TA will look at it.")
     return [reports[s] for s in students]
@@ -209,8 +278,10 @@ def main():
     with ThreadPoolExecutor(max_workers=1) as pool:
         sandbox_works = pool.submit(refuse_unless_sandbox_works)  # meanwhile:
         # the gradebook learns the assignment (its cells, points, checksums) from source/.
-        run_nbgrader("generate_assignment", ASSIGNMENT, "--force",
-                     f"--CourseDirectory.release_directory={STAGING / 'release'}", stdout=subprocess.DEVNULL)
+        (STAGING / "logs").mkdir(parents=True, exist_ok=True)
+        with open(STAGING / "logs" / "generate_assignment.log", "wb") as log:  # nbgrader's chatter stays here
+            run_nbgrader("generate_assignment", ASSIGNMENT, "--force",
+                         f"--CourseDirectory.release_directory={STAGING / 'release'}", stdout=log, stderr=log)
         refused = sandbox_works.result()
     if refused:
         return refused

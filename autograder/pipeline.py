@@ -32,6 +32,7 @@ import course_config
 from .checks import Verdict, run_checks
 from .sandbox import sandboxed_kernel_manager_class
 from .student import SandboxedStudent
+from .time_budget import submission_deadline
 
 HIDDEN_CHECK_CALL = re.compile(r"""hidden_check\(\s*["']([\w\-]+)["']\s*\)""")
 SKIP_TAG = "grader-skip"  # a read-only cell the worker need not run (a slow demo, say)
@@ -103,6 +104,7 @@ class SandboxedExecute(Execute):
         kwargs.setdefault("kernel_manager_class", sandboxed_kernel_manager_class())
         super().__init__(*args, **kwargs)
         self.interrupt_on_timeout = False  # a looping kernel is stopped, not interrupted
+        self.timeout_func = self._cell_timeout
         self._output_chars = {}
         self._current_cell = None
 
@@ -121,8 +123,7 @@ class SandboxedExecute(Execute):
         try:
             nb, resources = super().preprocess(nb, resources)
         except CellTimeoutError:
-            self._note(nb, f"this cell ran longer than {self.timeout} s (the time limit per cell), so the "
-                           f"kernel was stopped; the cells after it were not run")
+            self._note(nb, self._timed_out_message())
         except DeadKernelError:
             self._note(nb, "the kernel died while running this cell (out of memory, os._exit or a crash); "
                            "the cells after it were not run")
@@ -136,6 +137,20 @@ class SandboxedExecute(Execute):
     def preprocess_cell(self, cell, resources, index):
         self._current_cell = index
         return super().preprocess_cell(cell, resources, index)
+
+    def _cell_timeout(self, cell):
+        """The cell's limit, or what is left of the submission's clock if that is less (at least 1 s:
+        nbclient reads 0 as "no limit")."""
+        clock = submission_deadline()
+        left = self.timeout if clock is None else min(self.timeout, clock.remaining())
+        return max(1, int(left))
+
+    def _timed_out_message(self):
+        clock = submission_deadline()
+        if clock is not None and clock.remaining() <= 1:
+            return f"this cell was stopped because {clock.reason}; the cells after it were not run"
+        return (f"this cell ran longer than {self.timeout} s (the time limit per cell), so the "
+                f"kernel was stopped; the cells after it were not run")
 
     def output(self, outs, msg, display_id, cell_index):
         text = str(msg.get("content", ""))

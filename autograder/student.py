@@ -20,6 +20,7 @@ import torch
 import course_config
 
 from .sandbox import ProcessCap, sandbox_environment, worker_command
+from .time_budget import call_deadline, first_to_end, submission_deadline
 from .sandboxed_worker import protocol
 from .sandboxed_worker.worker import Session, describe
 
@@ -175,6 +176,7 @@ class StudentCode:
     """What checks use: `call(...)` and `sources` (the student's code, for static checks)."""
 
     sources: list
+    check_deadline = None  # the running check's time budget (time_budget.check_deadline), if any
 
     def value(self, name):
         """The value of a module-level name in the student's notebook (an answer like HEAD_ROLES)."""
@@ -242,17 +244,30 @@ class SandboxedStudent(StudentCode):
         self._process = None
         self._buffer = b""
 
+    def _limit(self, timeout):
+        """The deadline of a request: the call's own, the check's budget or the submission's clock,
+        whichever ends first. One that has already ended stops the request before it is sent."""
+        limit = first_to_end(call_deadline(timeout), self.check_deadline, submission_deadline())
+        if limit.remaining() <= 0:
+            raise StudentUnresponsive(limit.reason)
+        return limit
+
     def _request(self, message, timeout):
         if self.broken:
             raise StudentUnresponsive(self.broken)
+        self._limit(timeout)
         if self._process is None:
+            began = time.monotonic()
             self._start()
+            if self.check_deadline is not None:  # loading the notebook is not the check's time
+                self.check_deadline.at += time.monotonic() - began
+        limit = self._limit(timeout)  # the call's own time starts once the worker is up
         try:
             self._send(message)
-            reply = self._receive(time.monotonic() + timeout)
+            reply = self._receive(limit.at)
         except TimeoutError:
             self._kill()
-            raise StudentUnresponsive(f"did not return within {timeout} s (time limit per call)") from None
+            raise StudentUnresponsive(limit.reason) from None
         except (EOFError, BrokenPipeError, OSError):
             code, _ = self._kill()
             raise StudentUnresponsive(f"the process running your code died ({_exit_reason(code)})") from None
@@ -271,6 +286,8 @@ class SandboxedStudent(StudentCode):
         cells, the student's code is reported as not callable.
         """
         deadline = time.monotonic() + course_config.WORKER_START_TIMEOUT_S
+        if submission_deadline() is not None:
+            deadline = min(deadline, submission_deadline().at)
         while True:
             self._launch()
             index = None

@@ -139,6 +139,26 @@ def test_gpu_checks_are_pending_without_cuda(graded_course):
     for check in gpu_checks():
         assert f"hidden check {check}: pending" in text
     assert "needs a CUDA device" in text
+    # Shown as pending, never as a zero: the page's summary and each cell's heading say so.
+    gpu_points = sum(check_points()[c] for c in gpu_checks())
+    assert f"{gpu_points:.1f} points not decided yet" in text
+    assert "decided later (it runs on a grader with CUDA)" in text
+    assert not re.search(r"(failed|Score): 0\.0 / (4|2)\.0\)?\s*\(Top\)", text)
+
+
+def test_grades_csv_says_what_is_pending(graded_course):
+    """Before: max_score 124 and no marker. Now pending_points and the pending grade ids."""
+    import csv
+
+    root, _, _ = graded_course
+    with open(root / "grades.csv", newline="") as f:
+        rows = {row["student_id"]: row for row in csv.DictReader(f)}
+    gpu = {f"check_{c}" for c in gpu_checks()} if not cuda_available() else set()
+    gpu_points = sum(check_points()[c] for c in gpu_checks()) if not cuda_available() else 0.0
+    correct = rows["correct"]
+    assert set(correct["pending"].split(";")) == gpu | set(WRITTEN_ANSWERS)
+    assert float(correct["pending_points"]) == gpu_points + 3 * len(WRITTEN_ANSWERS)
+    assert set(filter(None, rows["blank"]["pending"].split(";"))) == set(), "the blank notebook 1 is not run"
 
 
 def feedback_text(root, student):
@@ -206,8 +226,9 @@ def test_an_oversized_submission_is_staged_within_the_limits(graded_course):
     assert read_grades(root)["oversized"] == sum(decidable_points(NB1).values())
     for folder in (root / ".grading" / "submitted" / "oversized" / "attention_surgeon",
                    root / "autograded" / "oversized" / "attention_surgeon"):
-        # the student's own files; the notebooks they did not submit are staged as blank copies
-        files = [p for p in folder.iterdir() if p.is_file() and p.stem not in NOTEBOOKS[1:]]
+        # the student's own files (the release's files are staged too: blank notebooks, make_corpus.py)
+        released = {p.name for p in (root / "release" / "attention_surgeon").iterdir()}
+        files = [p for p in folder.iterdir() if p.is_file() and p.name not in released]
         assert len(files) <= 20 and sum(p.stat().st_size for p in files) <= 5 << 20
         assert not (folder / "big.bin").exists()
     note = (root / "feedback" / "oversized" / "attention_surgeon" / "grading_notes.html").read_text()

@@ -72,8 +72,48 @@ def test_a_hanging_call_is_stopped_and_reported(monkeypatch):
     code["attention"] = "def attention(Q, K, V, mask=None, scale=True):\n    while True:\n        pass"
     with SandboxedStudent([SETUP, *code.values()]) as student:
         verdict = run_check("attention_matches_reference", student)
-        assert verdict.status == "failed" and "did not return within 4 s" in verdict.message
+        assert verdict.status == "failed" and "took more than 4 s on one call" in verdict.message
         assert run_check("causal_mask", student).status == "passed", "the next check gets a fresh worker"
+
+
+def slow_but_correct(seconds):
+    """The stalling attack: attention answers correctly, just under the time limit, every time."""
+    code = reference_answers()
+    code["attention"] = (code["attention"].replace("def attention(", "def _attention(") +
+                         f"\n\nimport time\ndef attention(*args, **kwargs):\n    time.sleep({seconds})\n"
+                         f"    return _attention(*args, **kwargs)\n")
+    return [SETUP, *code.values()]
+
+
+def test_a_slow_function_is_stopped_by_the_checks_budget(monkeypatch):
+    """Before: 10 s a call, 25 examples, ten checks: one student held the batch for 2715 s."""
+    import time
+
+    import course_config
+
+    monkeypatch.setattr(course_config, "CALL_TIMEOUT_S", 4)
+    monkeypatch.setattr(course_config, "CHECK_TIME_BUDGET_S", 5)
+    with SandboxedStudent(slow_but_correct(1.5)) as student:
+        student.call("create_causal_mask", 2)  # the worker is up
+        started = time.monotonic()
+        verdict = run_check("attention_matches_reference", student)
+        elapsed = time.monotonic() - started
+    assert verdict.status == "failed" and "took more than 5 s in all during this check" in verdict.message
+    assert elapsed < 5 + 4, "the budget ends the check, not the per-call limit of every example"
+
+
+def test_the_submission_clock_stops_the_checks_still_to_run(monkeypatch):
+    import time
+
+    from autograder import time_budget
+
+    monkeypatch.setattr(time_budget, "_submission", None)
+    with SandboxedStudent(slow_but_correct(0)) as student:
+        time_budget.start_submission(2)
+        assert run_check("causal_mask", student).status == "passed"
+        time.sleep(2.1)
+        verdict = run_check("reverse_mask", student)
+    assert verdict.status == "failed" and "grading your submission took more than 2 s in all" in verdict.message
 
 
 def test_unknown_check_is_pending_not_passed():

@@ -17,6 +17,7 @@ from typing import Callable
 from hypothesis.errors import Flaky, HypothesisException
 
 from ..student import StudentUnresponsive
+from ..time_budget import check_deadline
 
 
 class CheckFailed(AssertionError):
@@ -83,6 +84,7 @@ def run_check(name, student, cuda_available=None):
         if not cuda_available:
             return Verdict("pending", "this GPU check needs a CUDA device and this grader has none; it "
                                       "stays pending (neither passed nor failed) until a grader with CUDA runs it")
+    student.check_deadline = check_deadline()  # all this check's calls together
     try:
         registered.run(student)
     except CheckFailed as failure:
@@ -100,6 +102,8 @@ def run_check(name, student, cuda_available=None):
         print(f"internal error in check {name}:\n{traceback.format_exc()}", file=sys.stderr)
         return Verdict("pending", f"the grader hit an internal error in this check "
                                   f"({type(err).__name__}); a TA will look at it")
+    finally:
+        student.check_deadline = None
     return Verdict("passed")
 
 
