@@ -75,6 +75,9 @@ SUBMISSION_GRACE_S = _policy("SUBMISSION_GRACE_S", 60)
 # a few hundred KB; the limits leave room for a student's helper module or data file.
 SUBMISSION_MAX_MB = _policy("SUBMISSION_MAX_MB", 50)
 SUBMISSION_MAX_FILES = _policy("SUBMISSION_MAX_FILES", 100)
+# A notebook is read (to clear its stored outputs, which are never graded) only up to this size;
+# a larger one is graded as unanswered, with a note.
+NOTEBOOK_READ_MAX_MB = _policy("NOTEBOOK_READ_MAX_MB", 200)
 # Submissions graded at once by `make autograde`.
 GRADING_PARALLELISM = int(os.environ.get("ATTENTION_SURGEON_PARALLELISM", 0)) or max(1, os.cpu_count() or 1)
 # Student code runs under bubblewrap. "required": refuse to grade when the

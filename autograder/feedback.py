@@ -19,13 +19,16 @@ from .nbgrader_cli import run_nbgrader
 
 log = logging.getLogger("attention_surgeon.feedback")
 REPORTS = course_config.COURSE_ROOT / ".grading" / "report.json"
+FLAGS = course_config.COURSE_ROOT / ".grading" / "flags"  # <student>.txt: checks a TA must decide (pipeline.py)
 NOTES_NAME = "grading_notes.html"
 
 
 def pending_reason(cell):
     """Why a grade is not decided yet, in the student's words."""
-    return ("a TA grades it" if cell.cell_type == "markdown" or cell.metadata.nbgrader.get("solution")
-            else "it runs on a grader with CUDA")
+    if cell.cell_type == "markdown" or cell.metadata.nbgrader.get("solution"):
+        return "a TA grades it"
+    said = " ".join(str(output.get("text", "")) for output in cell.get("outputs", []))
+    return "it runs on a grader with CUDA" if "CUDA device" in said else "a TA decides it"
 
 
 class GetGradesAndPending(GetGrades):

@@ -29,13 +29,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import nbformat
+from nbgrader.utils import is_grade, is_locked, is_solution, is_task
 
 import course_config
 
-from .feedback import generate_feedback, save_reports
+from .feedback import FLAGS, generate_feedback, save_reports
 from .nbgrader_cli import nbgrader_env, run_nbgrader
 from . import time_budget
-from .sandbox import refuse_unless_sandbox_works
+from .sandbox import refuse_unless_sandbox_works, sweep_leftovers
 
 ROOT = course_config.COURSE_ROOT
 ASSIGNMENT = course_config.ASSIGNMENT
@@ -54,10 +55,11 @@ def release_notebooks():
     return sorted((ROOT / "release" / ASSIGNMENT).glob("*.ipynb"))
 
 
-def read_problem(path):
-    """Why nbgrader could not use this notebook, or None if it reads fine."""
+def read_problem(nb):
+    """Why nbgrader could not use this notebook (a NotebookNode or a path), or None if it reads fine."""
     try:
-        nb = nbformat.read(path, as_version=4)
+        if not isinstance(nb, nbformat.NotebookNode):
+            nb = nbformat.read(nb, as_version=4)
         nbformat.validate(nb)
     except Exception as err:  # noqa: BLE001 - any reason to refuse it is reported, none crashes us
         return f"{type(err).__name__}: {str(err).splitlines()[0][:300] if str(err) else ''}"
@@ -66,78 +68,170 @@ def read_problem(path):
     return None
 
 
-def repair_grade_ids(path):
-    """Duplicated or missing grade_ids crash nbgrader 0.9's OverwriteCells (a KeyError after
-    DeduplicateIds): the first cell with a grade_id keeps it, later copies become ordinary cells."""
-    nb = nbformat.read(path, as_version=4)
-    seen, problems = set(), []
+def role(cell):
+    """What nbgrader makes of a cell: its type and its nbgrader flags (nbgrader's own helpers)."""
+    return (cell.cell_type, is_grade(cell), is_solution(cell), is_locked(cell), is_task(cell))
+
+
+def source_grade_cells(name):
+    """{grade_id: cell} of the instructor's notebook `name`: what each grade id must be."""
+    nb = nbformat.read(ROOT / "source" / ASSIGNMENT / name, as_version=4)
+    return {c.metadata["nbgrader"]["grade_id"]: c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade_id")}
+
+
+def repair_grade_ids(nb, name):
+    """Cells whose nbgrader metadata nbgrader 0.9 cannot grade (it crashes, and every notebook scores 0):
+    a grade id that is not the assignment's, a second cell with the same id, a cell whose role was
+    changed (a hidden-check cell turned into a solution cell). Each grade id keeps one cell, the first
+    whose role is the instructor's (else the first, given its role back); every other claim becomes an
+    ordinary cell. Returns the notes for the student."""
+    expected = source_grade_cells(name)
+    claims = {}
+    problems = []
     for cell in nb.cells:
         meta = cell.metadata.get("nbgrader")
         if meta is None:
             continue
-        grade_id = meta.get("grade_id")
-        if not grade_id or grade_id in seen:
+        grade_id = meta.get("grade_id") if isinstance(meta, dict) else None
+        if grade_id not in expected:
             del cell.metadata["nbgrader"]
-            problems.append(f"{path.name}: a second cell claimed to be '{grade_id}'; it was graded as an "
-                            f"ordinary cell." if grade_id else f"{path.name}: a cell had broken nbgrader metadata; "
-                            f"it was graded as an ordinary cell.")
-        else:
-            seen.add(grade_id)
-    if problems:
-        nbformat.write(nb, path)
+            problems.append(f"{name}: a cell claimed the grade id {str(grade_id)[:60]!r}, which is not one of this "
+                            f"assignment's; it was graded as an ordinary cell." if grade_id else
+                            f"{name}: a cell had broken nbgrader metadata; it was graded as an ordinary cell.")
+            continue
+        claims.setdefault(grade_id, []).append(cell)
+    for grade_id, cells in claims.items():
+        original = expected[grade_id]
+        keep = next((c for c in cells if role(c) == role(original)), cells[0])
+        if role(keep) != role(original):
+            keep.metadata["nbgrader"] = dict(original.metadata["nbgrader"])
+            if keep.cell_type != original.cell_type:
+                keep.cell_type = original.cell_type
+                if keep.cell_type == "code":
+                    keep.outputs, keep.execution_count = [], None
+                else:
+                    keep.pop("outputs", None)
+                    keep.pop("execution_count", None)
+            problems.append(f"{name}: the cell '{grade_id}' had been changed into another kind of cell; it was "
+                            f"given its role back.")
+        for cell in cells:
+            if cell is not keep:
+                del cell.metadata["nbgrader"]
+                problems.append(f"{name}: a second cell claimed to be '{grade_id}'; it was graded as an ordinary cell.")
     return problems
 
 
-def staged_files(source):
-    """(files to stage, note or None): notebooks first, then the rest by name, within the course's limits.
-    Only plain files at the top of the submission are ever staged (no folders, no links)."""
-    limit_bytes = course_config.SUBMISSION_MAX_MB << 20
-    files = [p for p in sorted(source.iterdir()) if p.is_file() and not p.is_symlink()]
-    files.sort(key=lambda p: p.suffix != ".ipynb")  # stable: notebooks first, each group by name
-    chosen, left_out, used = [], [], 0
-    for path in files:
-        size = path.stat().st_size
-        if len(chosen) < course_config.SUBMISSION_MAX_FILES and used + size <= limit_bytes:
-            chosen.append(path)
-            used += size
-        else:
-            left_out.append(path)
-    if not left_out:
-        return chosen, None
-    size_mb = sum(p.stat().st_size for p in left_out) / 2**20
-    names = ", ".join(p.name for p in left_out[:5]) + (", ..." if len(left_out) > 5 else "")
-    return chosen, (f"{len(left_out)} file(s) ({size_mb:.1f} MB: {names}) were not graded: a submission may hold "
-                    f"at most {course_config.SUBMISSION_MAX_FILES} files and {course_config.SUBMISSION_MAX_MB} MB "
-                    f"in all. Submit only the notebooks and the files they need.")
+def clear_outputs(nb):
+    """Stored outputs are never graded (nbgrader clears them before running): they are not staged."""
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            cell.outputs, cell.execution_count = [], None
+
+
+def pick_notebooks(notebooks, released):
+    """({release name: submitted path}, notes): a notebook submitted under another name
+    ('01_attention_from_scratch-Copy1.ipynb') stands for its release name when it is the only one.
+    A release name with several such candidates gets none (and a note)."""
+    chosen, notes = {}, []
+    by_name = {p.name: p for p in notebooks}
+    others = [p for p in notebooks if p.name not in released]
+    for name in released:
+        if name in by_name:
+            chosen[name] = by_name[name]
+            continue
+        stem = name[:-len(".ipynb")]
+        candidates = [p for p in others if p.stem.startswith(stem)]
+        if len(candidates) == 1:
+            chosen[name] = candidates[0]
+            notes.append(f"{candidates[0].name} was graded as {name} (no notebook named {name} was submitted; "
+                         f"next time keep the name).")
+        elif candidates:
+            chosen[name] = None
+            notes.append(f"several notebooks could be {name} ({', '.join(p.name for p in candidates)}); none was "
+                         f"graded as it, so it was graded as an unanswered notebook: submit exactly one notebook "
+                         f"named {name}.")
+    used = set(chosen.values()) - {None}
+    for path in others:
+        if path not in used and not any(path.stem.startswith(n[:-len(".ipynb")]) for n in released):
+            notes.append(f"{path.name} is not one of this assignment's notebooks; it was not graded.")
+    return chosen, notes
+
+
+class StagingBudget:
+    """What of a submission may still be staged: SUBMISSION_MAX_FILES files, SUBMISSION_MAX_MB in all."""
+
+    def __init__(self):
+        self.files, self.bytes = course_config.SUBMISSION_MAX_FILES, course_config.SUBMISSION_MAX_MB << 20
+        self.left_out = []
+
+    def take(self, path, size):
+        if self.files >= 1 and size <= self.bytes:
+            self.files, self.bytes = self.files - 1, self.bytes - size
+            return True
+        self.left_out.append((path, size))
+        return False
+
+    def note(self):
+        if not self.left_out:
+            return None
+        size_mb = sum(size for _, size in self.left_out) / 2**20
+        names = ", ".join(p.name for p, _ in self.left_out[:5]) + (", ..." if len(self.left_out) > 5 else "")
+        return (f"{len(self.left_out)} file(s) ({size_mb:.1f} MB: {names}) were not graded: a submission may hold "
+                f"at most {course_config.SUBMISSION_MAX_FILES} files and {course_config.SUBMISSION_MAX_MB} MB in all. "
+                f"Submit only the notebooks and the files they need.")
+
+
+def stage_notebook(path, name, budget):
+    """The notebook to grade as `name` (outputs cleared, grade ids repaired) and notes; None when it
+    cannot be used (the caller stages the blank release version instead)."""
+    size = path.stat().st_size
+    if size > course_config.NOTEBOOK_READ_MAX_MB << 20:
+        return None, [f"{path.name} is {size / 2**20:.0f} MB; the grader reads notebooks of at most "
+                      f"{course_config.NOTEBOOK_READ_MAX_MB} MB, so it was graded as an unanswered notebook."]
+    try:
+        nb = nbformat.read(path, as_version=4)
+    except Exception as err:  # noqa: BLE001 - reported below, like any unreadable notebook
+        nb, problem = None, f"{type(err).__name__}: {str(err).splitlines()[0][:300] if str(err) else ''}"
+    else:
+        problem = read_problem(nb)
+    if problem:
+        return None, [f"{name} could not be read ({problem}); it was graded as an unanswered notebook."]
+    clear_outputs(nb)
+    notes = repair_grade_ids(nb, name)
+    text = nbformat.writes(nb)
+    if not budget.take(path, len(text.encode())):
+        return None, []  # the budget's note says so
+    return text, notes
 
 
 def stage(student):
-    """Copy one submission into .grading/, within the limits, repairing what nbgrader could not read."""
+    """Copy one submission into .grading/: its notebooks (under their release names, outputs cleared,
+    grade ids repaired), then its other files, within the limits. What could not be used is replaced
+    by the blank release version, and the reason is kept for the student's grading notes."""
     report = SubmissionReport(student)
     source = ROOT / "submitted" / student / ASSIGNMENT
     target = STAGING / "submitted" / student / ASSIGNMENT
     shutil.rmtree(target, ignore_errors=True)
     target.mkdir(parents=True)
-    files, note = staged_files(source)
-    for path in files:
-        shutil.copyfile(path, target / path.name)
-    if note:
-        report.problems.append(note)
-    for release in release_notebooks():
-        staged = target / release.name
-        if not staged.exists():
-            shutil.copyfile(release, staged)  # graded as blank: every answer scores 0
-            if (source / release.name).exists():
-                continue  # left out above, and the note says why
-            report.problems.append(f"{release.name} was not submitted; it was graded as an unanswered notebook.")
-            continue
-        problem = read_problem(staged)
-        if problem:
-            shutil.copyfile(release, staged)  # graded as blank: every answer scores 0
-            report.problems.append(f"{release.name} could not be read ({problem}); it was graded as an "
-                                   f"unanswered notebook.")
+    files = [p for p in sorted(source.iterdir()) if p.is_file() and not p.is_symlink()]
+    released = {r.name: r for r in release_notebooks()}
+    chosen, notes = pick_notebooks([p for p in files if p.suffix == ".ipynb"], released)
+    report.problems += notes
+    budget = StagingBudget()
+    for name, release in released.items():
+        text, notes = stage_notebook(chosen[name], name, budget) if chosen.get(name) else (None, [])
+        report.problems += notes
+        if text is None:
+            shutil.copyfile(release, target / name)  # graded as blank: every answer scores 0
+            if name not in chosen:
+                report.problems.append(f"{name} was not submitted; it was graded as an unanswered notebook.")
         else:
-            report.problems += repair_grade_ids(staged)
+            (target / name).write_text(text)
+    for path in files:
+        if path.suffix != ".ipynb" and budget.take(path, path.stat().st_size):
+            shutil.copyfile(path, target / path.name)
+    if budget.note():
+        report.problems.append(budget.note())
     return report
 
 
@@ -194,9 +288,11 @@ def run_shard(students, log_name):
     while queue:
         current = {"student": None, "since": time.monotonic()}
         log = open(STAGING / "logs" / f"{log_name}.log", "ab")
+        # In this process group (a grader killed with its group takes its shards along), and killed
+        # by the kernel if this process dies alone; the shard's sandboxes die with the shard.
         process = subprocess.Popen([sys.executable, "-m", "autograder.grade_submissions", "--shard", *queue],
                                    cwd=ROOT, env=nbgrader_env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                   stderr=log, start_new_session=True)
+                                   stderr=log, preexec_fn=die_with_parent)
         try:
             for line in _lines(process, lambda: current["since"] + hard_limit):
                 try:
@@ -221,10 +317,18 @@ def run_shard(students, log_name):
     return result
 
 
+def die_with_parent():
+    """In a child, before exec: the kernel sends it SIGKILL when its parent dies (Linux prctl)."""
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 def _stop(process):
-    """End a shard process and everything it started (sandboxes die with their parent)."""
+    """End a shard process; its sandboxes (bwrap --die-with-parent) and kernels die with it."""
     try:
-        os.killpg(process.pid, signal.SIGKILL)
+        process.kill()
     except ProcessLookupError:
         pass
     process.wait()
@@ -235,6 +339,7 @@ def autograde_all(students):
     """Grade everyone, one shard per core. A student whose shard died under them is regraded alone,
     once; a student who used their whole time limit is not (a second try would only double it)."""
     reports = {s: stage(s) for s in students}
+    shutil.rmtree(FLAGS, ignore_errors=True)  # this batch's flags only
     (STAGING / "logs").mkdir(parents=True, exist_ok=True)
     parallel = course_config.GRADING_PARALLELISM
     shards = [students[i::parallel] for i in range(parallel)]
@@ -275,6 +380,9 @@ def main():
     if not everyone:
         print(f"nothing to grade: no submitted/<student>/{ASSIGNMENT}/ folders")
         return 0
+    swept = sweep_leftovers()
+    if swept:
+        print(f"removed {swept} leftover sandbox folder(s) and cgroup(s) of an earlier, interrupted batch")
     with ThreadPoolExecutor(max_workers=1) as pool:
         sandbox_works = pool.submit(refuse_unless_sandbox_works)  # meanwhile:
         # the gradebook learns the assignment (its cells, points, checksums) from source/.
@@ -293,6 +401,9 @@ def main():
     for r in reports:
         status = "ok" if r.ok else "NOT FINISHED"
         print(f"  {r.student:24s} {status:12s} {r.seconds:6.1f} s  {' '.join(r.problems)}")
+    for flags in sorted(FLAGS.glob("*.txt")) if FLAGS.is_dir() else []:
+        for line in flags.read_text().splitlines():
+            print(f"  FLAGGED for a TA: {flags.stem}: {line}")
     print(f"graded {len(reports)} submission(s) in {elapsed:.1f} s with {course_config.GRADING_PARALLELISM} "
           f"at a time; grades.csv and feedback/ are written")
     return 0

@@ -31,6 +31,7 @@ import course_config
 
 from .checks import Verdict, run_checks
 from .sandbox import sandboxed_kernel_manager_class
+from .feedback import FLAGS
 from .student import SandboxedStudent
 from .time_budget import submission_deadline
 
@@ -232,7 +233,19 @@ class TrustedChecks(NbGraderPreprocessor):
                 cell.outputs = verdict_outputs(name, verdicts[name])
                 if verdicts[name].status == "pending":
                     pending[cell.metadata["nbgrader"]["grade_id"]] = verdicts[name].message
+        record_flags(info, {name: v.message for name, v in verdicts.items() if v.flagged})
         return nb, resources
+
+
+def record_flags(info, flagged):
+    """Checks a TA must decide by looking at the code: one line each in .grading/flags/<student>.txt,
+    which `make autograde` prints in its summary (the gradebook says "needs manual grade")."""
+    if not flagged or "student" not in info:
+        return
+    FLAGS.mkdir(parents=True, exist_ok=True)
+    with open(FLAGS / f"{info['student']}.txt", "a") as out:
+        for name, message in flagged.items():
+            out.write(f"{info.get('notebook', '?')}: {name}: {message}\n")
 
 
 def verdict_outputs(name, verdict):

@@ -87,6 +87,13 @@ def sandbox_environment(home="/tmp"):
     }
 
 
+# Names of what a sandbox leaves on the host while it runs, with the pid of the grading process that
+# made it: once that process is gone (its sandboxes die with it), `sweep_leftovers` may remove them.
+CGROUP_PREFIX = "attention-surgeon-"
+IPC_PREFIX = "as-ipc-"
+LEGACY_KERNEL_PREFIX = "attention-surgeon-kernel-"  # scratch folders of earlier versions
+
+
 class ProcessCap:
     """A cgroup 'pids' group for one sandbox: caps its processes and threads, and kills them all.
 
@@ -107,7 +114,7 @@ class ProcessCap:
                 continue
             if root == Path("/sys/fs/cgroup") and "pids" not in _read(root / "cgroup.controllers"):
                 continue
-            path = root / f"attention-surgeon-{uuid.uuid4().hex[:12]}"
+            path = root / f"{CGROUP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}"
             try:
                 path.mkdir()
                 (path / "pids.max").write_text(str(limit))
@@ -208,7 +215,7 @@ def _short_temp_dir():
     """TMPDIR when socket paths in it fit, else /tmp: with a long TMPDIR the kernel could not
     bind its sockets, and nbclient would wait for it instead of failing."""
     base = tempfile.gettempdir()
-    return base if len(base) + len("/as-ipc-xxxxxxxx") <= MAX_SOCKET_DIR else "/tmp"
+    return base if len(base) + len(f"/{IPC_PREFIX}4194304-xxxxxxxx") <= MAX_SOCKET_DIR else "/tmp"
 
 
 def sandboxed_kernel_manager_class():
@@ -233,7 +240,7 @@ def sandboxed_kernel_manager_class():
             return kernel_command(argv, self.assignment_dir, self.work_dir, self.ipc_dir, self.cap)
 
         async def start_kernel(self, **kw):
-            self.ipc_dir = Path(tempfile.mkdtemp(prefix="as-ipc-", dir=_short_temp_dir()))
+            self.ipc_dir = Path(tempfile.mkdtemp(prefix=f"{IPC_PREFIX}{os.getpid()}-", dir=_short_temp_dir()))
             self.work_dir = self.ipc_dir / "work"  # a tmpfs inside the sandbox; a copy on the host without one
             self.transport = "ipc"
             self.ip = str(self.ipc_dir / "kernel")
@@ -268,6 +275,46 @@ def sandboxed_kernel_manager_class():
             self.ipc_dir = None
 
     return _SandboxedKernelManager
+
+
+def _owner_alive(name, prefix):
+    """Is the grading process named in `name` (prefix + pid + '-' + ...) still running? Unknown: yes."""
+    try:
+        pid = int(name[len(prefix):].split("-", 1)[0])
+    except ValueError:
+        return None  # a name of an earlier version: no owner recorded
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep_leftovers():
+    """Remove the cgroups and IPC folders of sandboxes whose grading process is gone (a grader killed
+    mid-batch leaves them: its sandboxes die with it, their folders and groups do not). Folders of
+    earlier versions, which name no owner, go once they are older than any grading can last.
+    Returns how many were removed."""
+    removed = 0
+    for root in ProcessCap.ROOTS:
+        for group in root.glob(f"{CGROUP_PREFIX}*") if root.is_dir() else []:
+            if _owner_alive(group.name, CGROUP_PREFIX) is False or (
+                    _owner_alive(group.name, CGROUP_PREFIX) is None and not _read(group / "cgroup.procs").split()):
+                cap = ProcessCap.__new__(ProcessCap)
+                cap.path = group
+                cap.kill_all()
+                removed += cap.path is None
+    too_old = time.time() - course_config.SUBMISSION_TIMEOUT_S - course_config.SUBMISSION_GRACE_S
+    for base in {Path(tempfile.gettempdir()), Path("/tmp")}:
+        for folder in list(base.glob(f"{IPC_PREFIX}*")) + list(base.glob(f"{LEGACY_KERNEL_PREFIX}*")):
+            prefix = IPC_PREFIX if folder.name.startswith(IPC_PREFIX) else LEGACY_KERNEL_PREFIX
+            owner = _owner_alive(folder.name, prefix)
+            if owner is False or (owner is None and folder.stat().st_mtime < too_old):
+                shutil.rmtree(folder, ignore_errors=True)
+                removed += not folder.exists()
+    return removed
 
 
 def refuse_unless_sandbox_works():

@@ -1,10 +1,15 @@
-"""Find calls of ready-made attention in a student's source code, without running it.
+"""Find, in a student's source code and without running it, ready-made attention and the
+routes by which code could switch off the worker's own detection of it.
 
 Trusted code, and the first line of defence: it reads source text, so nothing
 a student's code does at run time can hide from it. It looks at every name,
 attribute and string (strings glued together with + or join are glued here
 too, so getattr(F, "scaled_dot" + "_product_attention") is found). The
-worker's run-time tripwires are the second line.
+worker's run-time tripwires are the second line, but they live in the process
+the student's code controls: code that reaches the worker's __main__, a
+function's closure, the dispatcher's mode stack or torch.ops by a computed name
+could switch them off. `find_tampering` finds those routes; a submission that
+takes one is marked for a TA, not passed silently.
 """
 import ast
 import re
@@ -14,6 +19,17 @@ FORBIDDEN = (
     "scaled_dot_product_attention", "_scaled_dot_product", "MultiheadAttention",
     "multi_head_attention_forward", "_native_multi_head_attention", "flash_attn",
     "_flash_attention", "_efficient_attention", "_safe_softmax",
+)
+
+
+# Routes into the worker's own state or PyTorch's dispatcher that plain attention code never needs.
+TAMPERING_ROUTES = (
+    "__main__", "__closure__", "cell_contents", "__globals__", "f_globals", "f_back", "_getframe",
+    "currentframe", "get_referrers", "get_objects", "ctypes",
+    "OpRecorder", "_TRIPWIRE_HITS", "install_tripwires", "tripwire",
+    "_disable_current_modes", "_DisableTorchDispatch", "_pop_mode", "_push_mode", "_set_dispatch_mode",
+    "_get_current_dispatch_mode", "_len_torch_dispatch_stack", "_pop_torch_dispatch_stack",
+    "_python_dispatch", "TorchDispatchMode", "_unset_dispatch_mode",
 )
 
 
@@ -55,21 +71,27 @@ def _strip_magics(source):
     return "\n".join("" if line.lstrip().startswith(("%", "!")) else line for line in source.splitlines())
 
 
-def find_forbidden(sources):
-    """[(cell number, line, what was found)] for every use of a ready-made attention."""
-    findings = []
+def _parse(sources):
     trees = []
     for source in sources:
         try:
             trees.append(ast.parse(_strip_magics(source)))
         except SyntaxError:
             trees.append(None)
+    return trees
+
+
+def _find_words(sources, words):
+    """[(cell number, line, word)] for every name, attribute, import or constant string holding one of
+    `words` (names the student's own code defines do not count)."""
+    findings = []
+    trees = _parse(sources)
     own = set().union(*(_defined_names(t) for t in trees if t is not None))
     for cell_number, (source, tree) in enumerate(zip(sources, trees), start=1):
         if tree is None:
             # Not parseable: fall back to the text with quotes, + and spaces removed.
             squashed = re.sub(r"[\s'\"+,]", "", source)
-            findings += [(cell_number, 0, word) for word in FORBIDDEN if word in squashed]
+            findings += [(cell_number, 0, word) for word in words if word in squashed]
             continue
         docstrings = {id(node.body[0].value) for node in ast.walk(tree)
                       if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Module))
@@ -92,7 +114,37 @@ def find_forbidden(sources):
                 if folded is not None:
                     texts.append(folded)
             for text in texts:
-                for word in FORBIDDEN:
+                for word in words:
                     if word in _normalise(text):
                         findings.append((cell_number, getattr(node, "lineno", 0), word))
+    return findings
+
+
+def find_forbidden(sources):
+    """[(cell number, line, what was found)] for every use of a ready-made attention."""
+    return sorted(set(_find_words(sources, FORBIDDEN)))
+
+
+def _dotted(node):
+    """'torch.ops.aten' for that attribute chain, else ''."""
+    parts = []
+    while isinstance(node, ast.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    if isinstance(node, ast.Name):
+        parts.append(node.id)
+    return ".".join(reversed(parts))
+
+
+def find_tampering(sources):
+    """[(cell number, line, what was found)] for every route that could switch off the worker's detection of
+    ready-made attention: TAMPERING_ROUTES, and torch.ops reached by a computed name (getattr(torch.ops.aten,
+    name) with a name the scan cannot read), which no word list can follow."""
+    findings = _find_words(sources, TAMPERING_ROUTES)
+    for cell_number, tree in enumerate(_parse(sources), start=1):
+        for node in ast.walk(tree) if tree is not None else ():
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "getattr"
+                    and len(node.args) >= 2 and "ops" in _dotted(node.args[0]).split(".")
+                    and _fold(node.args[1]) is None):
+                findings.append((cell_number, node.lineno, f"getattr({_dotted(node.args[0])}, <computed name>)"))
     return sorted(set(findings))

@@ -45,6 +45,11 @@ class Returned:
     device: str
     requires_grad: bool = False
     has_grad_fn: bool = False
+    oversized: bool = False  # more elements than the grader reads: shape and dtype only
+
+    @property
+    def elements(self):
+        return int(np.prod(self.shape, dtype=np.int64)) if self.shape else 1
 
 
 @dataclass
@@ -66,21 +71,35 @@ class Outcome:
 
 
 def decode_value(spec):
-    """Rebuild a described value on the trusted side; anything unexpected becomes Opaque."""
+    """Rebuild a described value on the trusted side; anything unexpected becomes Opaque.
+
+    Whatever the worker sends is the student's answer: a value the protocol refuses (a tensor too
+    large to read, a malformed description) is decoded here, inside the request, into something a
+    check fails in the student's terms, never an exception that would leave the check pending."""
+    try:
+        return _decode_value(spec)
+    except (protocol.ProtocolError, ValueError, TypeError, KeyError) as err:
+        return Opaque("value the grader could not read", str(err)[:200])
+
+
+def _decode_value(spec):
     if not isinstance(spec, dict):
         return Opaque("unreadable", repr(spec)[:200])
     kind = spec.get("kind")
     if kind == "tensor":
-        return Returned(protocol.decode_array(spec), spec["dtype"], tuple(spec["shape"]),
-                        str(spec.get("device", "?")), bool(spec.get("requires_grad")),
-                        bool(spec.get("has_grad_fn")))
+        try:
+            array, oversized = protocol.decode_array(spec), False
+        except protocol.TooLarge:  # decode_array has checked dtype and shape: only the values are missing
+            array, oversized = None, True
+        return Returned(array, spec["dtype"], tuple(spec["shape"]), str(spec.get("device", "?")),
+                        bool(spec.get("requires_grad")), bool(spec.get("has_grad_fn")), oversized)
     if kind == "scalar":
         value = spec.get("value")
         if spec.get("float"):
             return float(value)
         return value if value is None or type(value) in (bool, int, float, str) else Opaque("scalar", repr(value))
     if kind == "sequence":
-        items = tuple(decode_value(item) for item in spec.get("items", []))
+        items = tuple(decode_value(item) for item in list(spec.get("items", []))[:protocol.MAX_ITEMS])
         return items if spec.get("type") == "tuple" else list(items)
     if kind == "mapping":
         return {str(k): decode_value(v) for k, v in dict(spec.get("items", {})).items()}
@@ -273,7 +292,9 @@ class SandboxedStudent(StudentCode):
             raise StudentUnresponsive(f"the process running your code died ({_exit_reason(code)})") from None
         except protocol.ProtocolError as err:
             self._kill()
-            raise StudentUnresponsive(f"your code broke the grader's channel: {err}") from None
+            raise StudentUnresponsive(f"your function's answer could not be read by the grader ({err}; at most "
+                                      f"{protocol.MAX_MESSAGE_BYTES >> 20} MB and tensors of "
+                                      f"{protocol.MAX_ARRAY_ELEMENTS:,} elements are read)") from None
         return reply
 
     def _start(self):

@@ -28,6 +28,14 @@ def expect_points_lost(notebook, checks, change, label):
     print(f"{label}: {got:.0f}/{full:.0f}, failed {failed}")
 
 
+def expect_all_points_lost(notebook, checks, change, label):
+    verdicts = grade_change(notebook, checks, change)
+    kept = {c: v.status for c, v in verdicts.items() if v.status != "failed"}
+    assert kept == {}, f"{label!r} kept some checks: {kept}"
+    print(f"{label}: 0/{points_of(notebook, verdicts)[1]:.0f}; " +
+          "; ".join(f"{c}: {v.message.splitlines()[-1][:120]}" for c, v in verdicts.items()))
+
+
 def expect_full_marks(notebook, checks, change, label):
     verdicts = grade_change(notebook, checks, change)
     lost = {c: v.message for c, v in verdicts.items() if v.status != "passed"}

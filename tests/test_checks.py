@@ -109,6 +109,7 @@ def test_the_submission_clock_stops_the_checks_still_to_run(monkeypatch):
 
     monkeypatch.setattr(time_budget, "_submission", None)
     with SandboxedStudent(slow_but_correct(0)) as student:
+        student.call("create_causal_mask", 2)  # the worker is up
         time_budget.start_submission(2)
         assert run_check("causal_mask", student).status == "passed"
         time.sleep(2.1)
@@ -134,3 +135,18 @@ def test_the_corpus_is_seeded_and_the_checks_read_the_released_generator():
     assert text == released.make_corpus(seed=0) != released.make_corpus(seed=1)
     assert 10_000 < len(text) < 20_000 and text.count("\n") == released.NUM_SENTENCES
     assert check_corpus() == released.make_corpus(seed=1, num_sentences=120)
+
+
+def test_an_answer_too_large_to_read_fails_in_the_students_terms():
+    """Before: a 4.2M-element bool tensor made every check it touched 'pending' (ProtocolError), TA work.
+    Now it is a wrong answer, with a message that names its size."""
+    code = reference_answers()
+    code["attention"] = ("def attention(Q, K, V, mask=None, scale=True):\n"
+                         "    big = torch.zeros(4097, 1024, dtype=torch.bool)  # just over the 4,194,304 elements the grader reads\n"
+                         "    return big, big\n")
+    with SandboxedStudent([SETUP, *code.values()]) as student:
+        verdicts = {name: run_check(name, student) for name in decidable_points()}
+    assert not [name for name, v in verdicts.items() if v.status == "pending"]
+    message = verdicts["attention_matches_reference"].message
+    assert verdicts["attention_matches_reference"].status == "failed"
+    assert "a bool tensor of 4,195,328 elements (shape [4097, 1024])" in message and "expected [" in message

@@ -126,6 +126,17 @@ for host in ["127.0.0.1", "localhost"]:
             "class Anything:\n    def __eq__(self, other): return True\n    def __ne__(self, other): return False\n"
             "    def __getattr__(self, name): return lambda *a, **k: self\n\n"
             "def attention(Q, K, V, mask=None, scale=True):\n    return Anything(), Anything()")}),
+        # The worker's run-time detection lives in the student's process; this switches it off.
+        "tampers_with_tripwires": student_notebook({**reference_answers(), "attention": (
+            "import torch\n"
+            "_op_name = ''.join(reversed('noitnetta_tcudorp_tod_delacs'))\n"
+            "def attention(Q, K, V, mask=None, scale=True):\n"
+            "    check_attention_inputs(Q, K, V, mask)\n"
+            "    op = getattr(torch.ops.aten, _op_name)\n"
+            "    m = mask if mask is None or mask.dim() > 1 else mask.expand(Q.shape[-2], -1)\n"
+            "    with torch._C._DisableTorchDispatch():\n"
+            "        out = op(Q, K, V, attn_mask=m, scale=None if scale else 1.0)\n"
+            "    return out, masked_softmax(apply_mask(compute_scores(Q, K, scale), mask))")}),
         "fused_through_getattr": student_notebook({**reference_answers(), "attention": (
             "import torch.nn.functional as F\n"
             "def attention(Q, K, V, mask=None, scale=True):\n"
@@ -161,7 +172,32 @@ def broken_inputs():
     huge = copy.deepcopy(correct)
     huge.cells[1].outputs = [nbformat.v4.new_output("stream", name="stdout", text="y" * 100_000_000)]
     return {"deleted_tests": deleted, "edited_tests": edited, "tests_to_markdown": to_markdown,
-            "duplicate_grade_ids": duplicated, "empty_file": "", "huge_stored_output": huge}
+            "duplicate_grade_ids": duplicated, "empty_file": "", "huge_stored_output": huge,
+            **metadata_games(correct)}
+
+
+def grade_cell_index(nb, grade_id):
+    return next(i for i, c in enumerate(nb.cells) if c.metadata.get("nbgrader", {}).get("grade_id") == grade_id)
+
+
+def metadata_games(correct):
+    """Before: each of these made nbgrader fail on the notebook, so it scored 0 with no note."""
+    new_grade = copy.deepcopy(correct)
+    free = nbformat.v4.new_code_cell("print('free points')")
+    free.metadata["nbgrader"] = {"grade": True, "grade_id": "free_points", "points": 100, "solution": False,
+                                 "locked": True, "schema_version": 3}
+    new_grade.cells.insert(3, free)
+    steals = copy.deepcopy(correct)
+    index = grade_cell_index(steals, "check_causal_mask")
+    thief = nbformat.v4.new_code_cell("pass")
+    thief.metadata["nbgrader"] = {"grade": True, "grade_id": "check_causal_mask", "points": 4, "solution": True,
+                                  "locked": False, "schema_version": 3}
+    steals.cells.insert(index, thief)
+    turned = copy.deepcopy(correct)
+    cell = turned.cells[grade_cell_index(turned, "check_causal_mask")]
+    cell.metadata.nbgrader.update(solution=True, locked=False)
+    cell.source = "pass"
+    return {"new_grade_cell": new_grade, "steals_a_check_id": steals, "check_turned_solution": turned}
 
 
 class Listener:
@@ -246,6 +282,7 @@ def hostile_batch(tmp_path_factory):
         for student, nb in students.items():
             write_submission(course, student, {NB1: nb})
         (course / "submitted" / "missing_notebook" / "attention_surgeon").mkdir(parents=True)
+        write_submission(course, "renamed_copy", {f"{NB1}-Copy1": student_notebook(honest_base())})
         before = tree_digest(course / "submitted")
         started = time.monotonic()
         # This batch's sandboxes live here, so leftovers can be told apart from those of tests running
@@ -284,7 +321,7 @@ def test_every_attack_gains_nothing_and_no_other_grade_moves(hostile_batch):
         "empty_file": 0.0, "missing_notebook": 0.0,
     })
     assert grades == expected
-    assert len(grades) == 20
+    assert len(grades) == 25
 
 
 def test_the_batch_finishes_in_bounded_time_and_leaves_nothing_running(hostile_batch):
@@ -296,6 +333,22 @@ def test_the_batch_finishes_in_bounded_time_and_leaves_nothing_running(hostile_b
     assert not [p for p in psutil.process_iter(["cmdline", "cwd"])
                 if scratch in " ".join(p.info["cmdline"] or []) + " " + str(p.info["cwd"] or "")]
     assert not list(hostile_batch["scratch"].iterdir()), "every sandbox's scratch folder is removed"
+
+
+def test_tampering_routes_are_flagged_for_a_ta(hostile_batch):
+    """Before: switching off the worker's tripwires passed silently. Now the static scan finds the route;
+    every attention check that passed waits for a TA ("needs manual grade"), and the summary says so."""
+    from nbgrader.api import Gradebook
+
+    course = hostile_batch["course"]
+    assert "FLAGGED for a TA: tampers_with_tripwires" in hostile_batch["output"]
+    assert "getattr(torch.ops.aten, <computed name>)" in hostile_batch["output"]
+    with Gradebook(f"sqlite:///{course / 'gradebook.db'}") as gb:
+        grades = {g.name: g for g in gb.find_submission_notebook(NB1, "attention_surgeon",
+                                                                   "tampers_with_tripwires").grades}
+        flagged = grades["check_attention_no_fused_kernels"]
+        assert flagged.needs_manual_grade and flagged.auto_score is None
+    assert "FLAGGED for a TA: bystander" not in hostile_batch["output"]
 
 
 def test_no_network(hostile_batch):
@@ -351,7 +404,12 @@ def test_killed_or_stopped_kernels_get_a_clear_reason(hostile_batch):
 
 def test_broken_notebooks_get_a_clear_note(hostile_batch):
     course = hostile_batch["course"]
-    notes = {s: (course / "feedback" / s / "attention_surgeon" / "grading_notes.html") for s in
-             ("empty_file", "missing_notebook")}
-    assert "could not be read" in notes["empty_file"].read_text()
-    assert "was not submitted" in notes["missing_notebook"].read_text()
+    notes = {s: unescape((course / "feedback" / s / "attention_surgeon" / "grading_notes.html").read_text())
+             for s in ("empty_file", "missing_notebook", "new_grade_cell", "steals_a_check_id",
+                       "check_turned_solution", "renamed_copy")}
+    assert "could not be read" in notes["empty_file"]
+    assert "was not submitted" in notes["missing_notebook"]
+    assert "claimed the grade id 'free_points', which is not one of this assignment's" in notes["new_grade_cell"]
+    assert "a second cell claimed to be 'check_causal_mask'" in notes["steals_a_check_id"]
+    assert "'check_causal_mask' had been changed into another kind of cell" in notes["check_turned_solution"]
+    assert f"{NB1}-Copy1.ipynb was graded as {NB1}.ipynb" in notes["renamed_copy"]

@@ -6,7 +6,7 @@ checks of that cell through the sandboxed worker (tests/mutation_helpers.py).
 import pytest
 
 from tests.grading import replace_in, rewrite
-from tests.mutation_helpers import expect_full_marks, expect_points_lost
+from tests.mutation_helpers import expect_all_points_lost, expect_full_marks, expect_points_lost
 from tests.students import NB3
 
 CHECKS = {
@@ -129,6 +129,35 @@ def create_reverse_mask(seq_len, device="cpu"):
     return create_causal_mask(seq_len, device).T.contiguous()
 '''
 
+def constant_scaling_table(answers):
+    """The cheat that used to pass: the reference's own numbers at the notebook's arguments, as a table."""
+    from autograder.checks.breaking_attention import SCALING_ARGS, expected_statistics
+
+    rows = [dict(d_k=d_k, scaled=scaled, **{k: float(v) for k, v in
+                                           expected_statistics(d_k, scaled, SCALING_ARGS["seq_len"]).items()})
+            for d_k in SCALING_ARGS["d_k_values"] for scaled in (False, True)]
+    answers["experiment_scaling_factor"] = (
+        "def experiment_scaling_factor(d_k_values=(16, 64, 256, 1024), seq_len=16, num_samples=64, seed=SEED):\n"
+        f"    table = {rows!r}\n"
+        "    return [dict(row) for row in table if row['d_k'] in d_k_values]\n")
+    return answers
+
+
+CONSTANT_MASKING_RESULTS = '''
+def compare_masking(text, steps=TRAIN_STEPS, seed=SEED):
+    """Six losses typed in from one run: trains nothing."""
+    return {"causal": {"train_loss": 0.742, "honest_loss": 0.793, "sample": "the cat sat"},
+            "none": {"train_loss": 0.096, "honest_loss": 6.533, "sample": "tttttt"},
+            "reverse": {"train_loss": 0.121, "honest_loss": 7.898, "sample": "eeeeee"}}
+'''
+
+# Tables of constants: they must lose every point of their experiment (expect_all_points_lost).
+CONSTANT_TABLES = {
+    "scaling table typed in from the reference": ("experiment_scaling_factor", constant_scaling_table),
+    "compare_masking returns six typed-in losses": ("compare_masking", rewrite("compare_masking",
+                                                                                CONSTANT_MASKING_RESULTS)),
+}
+
 CORRECT_VARIANTS = {
     "masks with torch.where and a transpose": ("masks_from_notebook_1", rewrite("masks_from_notebook_1",
                                                                                 BOOL_KEEP_MASKS)),
@@ -144,6 +173,13 @@ CORRECT_VARIANTS = {
 def test_mutant_loses_points(mutant):
     cell, change = MUTANTS[mutant]
     expect_points_lost(NB3, CHECKS[cell], change, mutant)
+
+
+@pytest.mark.parametrize("table", sorted(CONSTANT_TABLES))
+def test_a_table_of_constants_loses_every_point_of_its_experiment(table):
+    """Before: the six hard-coded losses passed both compare_masking checks (6 points)."""
+    cell, change = CONSTANT_TABLES[table]
+    expect_all_points_lost(NB3, CHECKS[cell], change, table)
 
 
 @pytest.mark.parametrize("variant", sorted(CORRECT_VARIANTS))

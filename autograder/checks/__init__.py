@@ -24,6 +24,11 @@ class CheckFailed(AssertionError):
     """The student's code did something the contract forbids. The message is for the student."""
 
 
+class NeedsTA(Exception):
+    """The grader cannot decide this check on its own (code that could have switched off a defence):
+    it stays pending, "needs manual grade" in the gradebook, and the batch's summary names it."""
+
+
 @dataclass(frozen=True)
 class Check:
     name: str
@@ -37,6 +42,7 @@ class Check:
 class Verdict:
     status: str  # "passed", "failed" or "pending"
     message: str = ""
+    flagged: bool = False  # pending because a TA must look at the code (see NeedsTA)
 
 
 REGISTRY: dict[str, Check] = {}
@@ -61,13 +67,19 @@ def void_family(student, family, message):
 
 
 def run_checks(names, student, cuda_available=None):
-    """{name: Verdict} for `names`; a family voided by any check fails as a whole, whatever the order."""
+    """{name: Verdict} for `names`; a family voided by any check fails as a whole, and a family flagged
+    for a TA by any check has its passed checks pending, whatever the order."""
     verdicts = {name: run_check(name, student, cuda_available) for name in names}
     voided = getattr(student, "voided", {})
+    flagged = {REGISTRY[name].family: v.message for name, v in verdicts.items()
+               if v.flagged and name in REGISTRY and REGISTRY[name].family}
     for name in names:
         family = REGISTRY[name].family if name in REGISTRY else None
         if family in voided and verdicts[name].status == "passed":
             verdicts[name] = Verdict("failed", voided[family])
+        elif family in flagged and verdicts[name].status == "passed":
+            # what passed may have passed because a defence was switched off: a TA decides
+            verdicts[name] = Verdict("pending", flagged[family], flagged=True)
     return verdicts
 
 
@@ -89,6 +101,8 @@ def run_check(name, student, cuda_available=None):
         registered.run(student)
     except CheckFailed as failure:
         return Verdict("failed", str(failure))
+    except NeedsTA as flagged:
+        return Verdict("pending", str(flagged), flagged=True)
     except StudentUnresponsive as gone:
         return Verdict("failed", f"Your code could not be checked: {gone}")
     except Flaky as flaky:

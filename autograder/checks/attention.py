@@ -11,9 +11,9 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from ..reference import reference_attention, reference_with_grads, tolerance_for
-from ..static_scan import find_forbidden
+from ..static_scan import find_forbidden, find_tampering
 from ..strategies import GRADING, AttentionCase, attention_inputs, fixed_case, random_values
-from . import CheckFailed, check, void_family
+from . import CheckFailed, NeedsTA, check, void_family
 from .expectations import (expect_close, expect_exactly_zero, expect_finite, expect_no_error, expect_pair,
                            expect_shape, expect_tensor, shape_mentioned, what)
 
@@ -322,7 +322,16 @@ def attention_gradients(student):
 
 @check("attention_no_fused_kernels", NOTEBOOK, family="attention")
 def attention_no_fused_kernels(student):
-    """The static scan, the worker's tripwires and a trace of the dispatcher's ops (call_attention)."""
+    """The static scan, the worker's tripwires and a trace of the dispatcher's ops (call_attention).
+    The last two live in the student's process: code that takes a route to switch them off is
+    marked for a TA (NeedsTA) instead of passing on their word."""
+    refuse_ready_made_attention(student)
+    routes = find_tampering(student.sources)
+    if routes:
+        where = "; ".join(f"{what} (cell {cell}, line {line})" for cell, line, what in routes[:5])
+        raise NeedsTA(f"flagged for a TA: your code reaches into the grader's worker or PyTorch's dispatcher "
+                      f"({where}), which could hide ready-made attention from this check. A TA will read it "
+                      f"and decide this check by hand.")
     for case in (fixed_case((2, 3, 4), (2, 5, 4), (2, 5, 2)),
                  fixed_case((1, 2, 3, 4), (1, 2, 3, 4), (1, 2, 3, 4), mask=torch.ones(3, 3, dtype=torch.bool).tril())):
         outcome = call_attention(student, case, trace=True)  # raises CheckFailed on any sign of it

@@ -10,6 +10,12 @@ Trusted code. Three lessons, each checked by what the student's code produces:
 * compare_masking's honest losses are ordered as the lesson says: the models
   trained with no mask or the reverse mask look better in training and fail
   the honest, causal test.
+
+Both experiments must be experiments: nothing a table of constants can pass. Each is run
+again with other arguments (other d_k values, another seed, more steps, another text), and
+the numbers must move the way the computation does: the scaling statistics follow the
+reference for d_k values the notebook never uses, training for longer lowers the training
+loss, and another seed or another text gives other numbers.
 """
 import functools
 import importlib.util
@@ -32,6 +38,9 @@ CHANGE = 1e-9  # an output "depends on" an input when changing the input moves i
 
 # --- the scaling experiment -------------------------------------------------
 SCALING_ARGS = {"d_k_values": (16, 64, 256, 1024), "seq_len": 16, "num_samples": 64, "seed": 7}
+# d_k values between the notebook's (so the measured tolerances hold) and another seed: a table copied
+# from one run has no rows for them, or the wrong numbers.
+OTHER_SCALING_ARGS = {"d_k_values": (32, 128, 512), "seq_len": 16, "num_samples": 64, "seed": 8}
 REFERENCE_SAMPLES, REFERENCE_SEED = 512, 12345  # a large sample: the expected value of each statistic
 # Allowed distance from the reference: about 6 standard deviations of the statistic over
 # seeds at SCALING_ARGS (measured over 40 seeds: at most 0.007, 0.018 and 0.0007).
@@ -42,6 +51,10 @@ STATISTIC_WORDS = {"max_weight": "the mean largest weight per row", "entropy": "
 # --- compare_masking ----------------------------------------------------------
 CHECK_CORPUS = {"seed": 1, "num_sentences": 120}  # a shorter corpus than the notebook's: seconds to train
 CHECK_STEPS, CHECK_SEED, REPEAT_STEPS = 150, 3, 20
+OTHER_CORPUS = {"seed": 2, "num_sentences": 120}
+# nats: the causal model's training loss after CHECK_STEPS is far below its loss after REPEAT_STEPS
+# (about 0.74 vs 1.94 here); a model that trains at all shows it, a table of losses does not.
+TRAINING_PROGRESS = 0.3
 HONEST_MARGIN = 1.0  # nats: the cheaters' honest loss is far above the causal model's (about 5 vs 0.8 here)
 CHEAT_MARGIN = 0.3  # nats: the cheaters' training loss is far below the causal model's (about 0.1 vs 0.8)
 MODELS = ("causal", "none", "reverse")
@@ -132,6 +145,10 @@ def scaling_table_is_complete_and_repeatable(student):
     if scaling_table(student) != first:
         raise CheckFailed(f"{scaling_call_text()}\n  gave a different table the second time; make every random "
                           f"tensor from a torch.Generator seeded with `seed`")
+    reseeded = dict(SCALING_ARGS, seed=SCALING_ARGS["seed"] + 1)
+    if scaling_table(student, reseeded) == first:
+        raise CheckFailed(f"{scaling_call_text(reseeded)}\n  gave exactly the table of seed={SCALING_ARGS['seed']}; "
+                          f"the statistics must come from random Q and K drawn with the generator seeded by `seed`")
 
 
 @functools.lru_cache(maxsize=None)
@@ -141,30 +158,33 @@ def expected_statistics(d_k, scaled, seq_len):
 
 @check("scaling_trends_match_the_lesson", NOTEBOOK)
 def scaling_trends_match_the_lesson(student):
-    rows = scaling_table(student)
-    for (d_k, scaled), row in sorted(rows.items()):
-        expected = expected_statistics(d_k, scaled, SCALING_ARGS["seq_len"])
-        for name, (rel, abs_) in TOLERANCE.items():
-            if not math.isclose(row[name], expected[name], rel_tol=rel, abs_tol=abs_):
-                raise CheckFailed(f"{scaling_call_text()}\n  for d_k={d_k}, scaled={scaled}: {name} = {row[name]:.4g}, "
-                                  f"but {STATISTIC_WORDS[name]} of random Q, K ~ N(0, 1) is about "
-                                  f"{expected[name]:.4g} (within {max(abs_, rel * abs(expected[name])):.2g})")
+    for args in (SCALING_ARGS, OTHER_SCALING_ARGS):
+        rows = scaling_table(student, args)
+        for (d_k, scaled), row in sorted(rows.items()):
+            expected = expected_statistics(d_k, scaled, args["seq_len"])
+            for name, (rel, abs_) in TOLERANCE.items():
+                if not math.isclose(row[name], expected[name], rel_tol=rel, abs_tol=abs_):
+                    raise CheckFailed(f"{scaling_call_text(args)}\n  for d_k={d_k}, scaled={scaled}: {name} = "
+                                      f"{row[name]:.4g}, but {STATISTIC_WORDS[name]} of random Q, K ~ N(0, 1) is "
+                                      f"about {expected[name]:.4g} (within {max(abs_, rel * abs(expected[name])):.2g})")
 
 
 # -----------------------------------------------------------------------------
 @functools.lru_cache(maxsize=None)
-def check_corpus():
-    """The corpus the checks train on, from the assignment's own seeded generator (trusted copy)."""
+def check_corpus(corpus=tuple(CHECK_CORPUS.items())):
+    """A corpus the checks train on, from the assignment's own seeded generator (trusted copy)."""
     path = course_config.COURSE_ROOT / "source" / course_config.ASSIGNMENT / "make_corpus.py"
     spec = importlib.util.spec_from_file_location("attention_surgeon_make_corpus", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.make_corpus(**CHECK_CORPUS)
+    return module.make_corpus(**dict(corpus))
 
 
-def masking_results(student, steps, seed):
-    call_text = f"compare_masking(text[{len(check_corpus())} characters], steps={steps}, seed={seed})"
-    outcome = student.call("compare_masking", check_corpus(), steps=steps, seed=seed,
+def masking_results(student, steps, seed, corpus=CHECK_CORPUS):
+    text = check_corpus(tuple(corpus.items()))
+    name = "text" if corpus == CHECK_CORPUS else "another text"
+    call_text = f"compare_masking({name}[{len(text)} characters], steps={steps}, seed={seed})"
+    outcome = student.call("compare_masking", text, steps=steps, seed=seed,
                            timeout=course_config.EXPERIMENT_CALL_TIMEOUT_S)
     expect_no_error(outcome, call_text)
     results = outcome.value
@@ -182,9 +202,18 @@ def masking_results(student, steps, seed):
     return call_text, results
 
 
+def losses(results):
+    return [results[m][k] for m in MODELS for k in ("train_loss", "honest_loss")]
+
+
 @check("compare_masking_shows_the_cheaters", NOTEBOOK)
 def compare_masking_shows_the_cheaters(student):
     call_text, results = masking_results(student, CHECK_STEPS, CHECK_SEED)
+    short_text, short = masking_results(student, REPEAT_STEPS, CHECK_SEED)
+    if results["causal"]["train_loss"] > short["causal"]["train_loss"] - TRAINING_PROGRESS:
+        raise CheckFailed(f"{call_text}\n  the causal model's training loss is {results['causal']['train_loss']:.3f} "
+                          f"after {CHECK_STEPS} steps and {short['causal']['train_loss']:.3f} after {REPEAT_STEPS} "
+                          f"(from {short_text}); training for longer must lower it: train the model for `steps` steps")
     losses = {m: (round(results[m]["train_loss"], 3), round(results[m]["honest_loss"], 3)) for m in MODELS}
     summary = "  (train loss, honest loss): " + ", ".join(f"{m} {v}" for m, v in losses.items())
     causal = results["causal"]
@@ -210,3 +239,8 @@ def compare_masking_is_repeatable(student):
     if first != second:
         raise CheckFailed(f"{call_text}\n  gave different results the second time; seed the model's initial weights "
                           f"(torch.manual_seed) and the batches (a torch.Generator) from `seed`")
+    for other_text, other in (masking_results(student, REPEAT_STEPS, CHECK_SEED + 1),
+                              masking_results(student, REPEAT_STEPS, CHECK_SEED, OTHER_CORPUS)):
+        if losses(other) == losses(first):
+            raise CheckFailed(f"{other_text}\n  gave exactly the losses of {call_text}; another seed or another "
+                              f"text must give other numbers: train on `text`, with `seed`")

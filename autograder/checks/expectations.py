@@ -8,12 +8,15 @@ import re
 import numpy as np
 import torch
 
+from ..sandboxed_worker.protocol import MAX_ARRAY_ELEMENTS
 from ..student import Opaque, Returned
 from . import CheckFailed
 
 
 def what(value):
     """A short description of a returned value."""
+    if isinstance(value, Returned) and value.oversized:
+        return f"a {value.dtype} tensor of {value.elements:,} elements (shape {list(value.shape)})"
     if isinstance(value, Returned):
         return f"a {value.dtype} tensor of shape {list(value.shape)}"
     if isinstance(value, Opaque):
@@ -52,6 +55,9 @@ def expect_pair(outcome, call_text, names=("output", "weights")):
 
 
 def expect_shape(got, shape, name, call_text):
+    if got.oversized:
+        raise CheckFailed(f"{call_text}\n  returned {name} as {what(got)}; expected {list(shape)} "
+                          f"(the grader reads at most {MAX_ARRAY_ELEMENTS:,} elements)")
     if tuple(got.shape) != tuple(shape):
         raise CheckFailed(f"{call_text}\n  returned {name} of shape {list(got.shape)}; expected {list(shape)}")
 
@@ -84,6 +90,9 @@ def expect_exactly_zero(got, rows, name, call_text, what_rows="fully masked rows
 
 
 def expect_finite(got, name, call_text):
+    if got.oversized:
+        raise CheckFailed(f"{call_text}\n  returned {name} as {what(got)}; the grader reads at most "
+                          f"{MAX_ARRAY_ELEMENTS:,} elements")
     values = torch.from_numpy(got.array.astype(np.float64))
     if not bool(torch.isfinite(values).all()):
         where = tuple(int(i) for i in (~torch.isfinite(values)).nonzero()[0])

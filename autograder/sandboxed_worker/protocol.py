@@ -28,6 +28,14 @@ class ProtocolError(Exception):
     """A message that is not what the protocol allows."""
 
 
+class TooLarge(ProtocolError):
+    """A tensor with more elements than the grader reads: the student's answer, and a wrong one."""
+
+    def __init__(self, count):
+        super().__init__(f"tensor of {count} elements is too large")
+        self.count = count
+
+
 def encode_array(array, dtype_name, **meta):
     """A numpy array (already in its wire dtype) as a JSON-able dict."""
     wire = np.ascontiguousarray(array, dtype=WIRE_DTYPES[dtype_name])
@@ -45,8 +53,8 @@ def decode_array(spec):
     if not isinstance(shape, list) or not all(type(n) is int and 0 <= n for n in shape) or len(shape) > 8:
         raise ProtocolError(f"bad shape {shape!r}")
     count = int(np.prod(shape, dtype=np.int64)) if shape else 1
-    if count > MAX_ARRAY_ELEMENTS:
-        raise ProtocolError(f"tensor of {count} elements is too large")
+    if count > MAX_ARRAY_ELEMENTS or spec.get("oversized"):
+        raise TooLarge(count)
     if spec.get("data") is None:
         return None
     raw = base64.b64decode(spec["data"], validate=True)
