@@ -307,8 +307,9 @@ class SandboxedStudent(StudentCode):
         cells, the student's code is reported as not callable.
         """
         deadline = time.monotonic() + course_config.WORKER_START_TIMEOUT_S
-        if submission_deadline() is not None:
-            deadline = min(deadline, submission_deadline().at)
+        clock = submission_deadline()
+        if clock is not None:
+            deadline = min(deadline, clock.at)
         while True:
             self._launch()
             index = None
@@ -332,6 +333,9 @@ class SandboxedStudent(StudentCode):
                 if "bwrap" in detail:  # bubblewrap itself failed: not the student's doing
                     self.broken = f"the sandbox could not start: {detail}"
                     raise StudentUnresponsive(self.broken) from None
+            if clock is not None and clock.remaining() <= 0:
+                self.broken = clock.reason  # the submission's time ran out, not the loading's
+                raise StudentUnresponsive(self.broken)
             if index is None or time.monotonic() >= deadline or len(self.skipped_cells) >= MAX_SKIPPED_CELLS:
                 self.broken = (f"your notebook's code could not be loaded within "
                                f"{course_config.WORKER_START_TIMEOUT_S} s ({reason} in code cell {index}), so its "

@@ -56,6 +56,8 @@ def test_the_slow_student_is_told_why_and_no_other_grade_moves(slow_batch):
     assert grades["a_slow"] < sum(decidable_points().values())
     feedback = (course / "feedback" / "a_slow" / "attention_surgeon" / f"{NB1}.html").read_text()
     # Checks stop at their 4 s budget (each restart of the worker loads the notebook again, whose demo
-    # cell calls the slow attention too), until the submission's clock stops the rest.
+    # cell calls the slow attention too), until the submission's clock stops the rest (ten checks of
+    # at least 4 s each, plus the restarts, take longer than the 70 s clock).
     assert "took more than 4 s in all during this check" in feedback
     assert f"grading your submission took more than {SUBMISSION_S} s in all" in feedback
+    assert "could not be loaded within" not in feedback, "the clock, not the loading limit, is named"
