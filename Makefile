@@ -13,6 +13,13 @@ export PYTHONPATH := $(CURDIR)
 export MPLBACKEND := Agg
 NBGRADER := $(VENV)/bin/nbgrader
 ASSIGNMENT := attention_surgeon
+# The torch build in .venv: TORCH=cpu (the default: PyTorch's CPU-only wheel, for a grader without a
+# GPU) or TORCH=cuda (PyPI's build, with several GB of NVIDIA libraries, for a CUDA host), e.g.
+# `rm -rf .venv && make venv TORCH=cuda`. requirements.lock pins the version either way.
+TORCH ?= cpu
+TORCH_VERSION := 2.13.0
+TORCH_cpu := torch==$(TORCH_VERSION)+cpu --extra-index-url https://download.pytorch.org/whl/cpu
+TORCH_cuda := torch==$(TORCH_VERSION)
 
 .PHONY: help venv release validate autograde autograde-gpu feedback export test gpu-check lab clean-grading
 .DEFAULT_GOAL := help
@@ -24,9 +31,13 @@ help: ## this list (plain `make` prints it too)
 # .venv from pinned versions, made on first use; remade when the lock changes.
 venv: $(VENV)/.installed ## make .venv from requirements.lock (every other target does it first)
 $(VENV)/.installed: requirements.lock
+	@test -n "$(TORCH_$(TORCH))" || { echo "TORCH must be cpu or cuda, not '$(TORCH)'"; exit 2; }
 	$(PYTHON) -m venv $(VENV)
+	@# torch first, alone and without its dependencies (the lock pins them): only this looks at its index
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check --no-deps $(TORCH_$(TORCH))
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements.lock
-	$(PY) -c "import torch; assert torch.__version__.split('+')[0] == '2.13.0', torch.__version__"
+	$(PY) -c "import torch; assert torch.__version__.split('+')[0] == '$(TORCH_VERSION)', torch.__version__; \
+	  assert ('$(TORCH)' == 'cuda') == (torch.version.cuda is not None), 'wanted the $(TORCH) build, got ' + torch.__version__"
 	touch $@
 
 # Instructor: release/ (student notebooks) and solutions/ from source/, then the leak check.

@@ -152,3 +152,21 @@ def test_an_answer_too_large_to_read_fails_in_the_students_terms():
     message = verdicts["attention_matches_reference"].message
     assert verdicts["attention_matches_reference"].status == "failed"
     assert "a bool tensor of 4,195,328 elements (shape [4097, 1024])" in message and "expected [" in message
+
+
+def test_a_fully_masked_row_failure_says_the_rule_in_words():
+    import numpy as np
+    import torch
+
+    from autograder.checks import CheckFailed
+    from autograder.checks.expectations import expect_exactly_zero
+    from autograder.student import Returned
+
+    output = np.zeros((1, 3, 2))
+    output[0, 1, 0] = 0.25
+    rows = torch.tensor([[False, True, False]])  # [B, L]: query 1 of batch 0 sees no key
+    with pytest.raises(CheckFailed, match=r"row \[0, 1\] of the query rows is one of the fully masked rows \(the mask "
+                                          r"blocks every key\), so its output must be exactly 0; found "
+                                          r"output\[0, 1, 0\] = 0\.25"):
+        expect_exactly_zero(Returned(output, "float32", (1, 3, 2), "cpu"), rows, "output", "attention(...)")
+    expect_exactly_zero(Returned(np.zeros((1, 3, 2)), "float32", (1, 3, 2), "cpu"), rows, "output", "attention(...)")

@@ -80,13 +80,20 @@ def expect_close(got, expected, tol, name, call_text):
 
 
 def expect_exactly_zero(got, rows, name, call_text, what_rows="fully masked rows"):
-    """Entries of `got` selected by the bool `rows` mask ([..., L]) are exactly 0."""
+    """Entries of `got` selected by the bool `rows` mask ([..., L]) are exactly 0. The failure names the
+    rule in words and the first row that breaks it: "row [0, 1] is fully masked (the mask blocks every
+    key), so its output must be exactly 0; found output[0, 1, 0] = 0.25"."""
     expect_shape(got, tuple(rows.shape) + tuple(got.shape[rows.dim():]), name, call_text)
     values = torch.from_numpy(got.array.astype(np.float64))
-    selected = values[rows]
-    if selected.numel() and not bool((selected == 0).all()):
-        bad = selected[selected != 0][0].item()
-        raise CheckFailed(f"{call_text}\n  {name} of {what_rows} must be exactly 0; found {bad:.6g}")
+    extra = values.dim() - rows.dim()
+    selected = rows.reshape(tuple(rows.shape) + (1,) * extra).expand(values.shape)
+    bad = (selected & (values != 0)).nonzero()
+    if len(bad):
+        where = [int(i) for i in bad[0]]
+        row = where[:rows.dim()]
+        raise CheckFailed(f"{call_text}\n  row {row} of the query rows is one of the {what_rows} (the mask blocks "
+                          f"every key), so its {name} must be exactly 0; found {name}{where} = "
+                          f"{values[tuple(where)].item():.6g}")
 
 
 def expect_finite(got, name, call_text):
