@@ -1,7 +1,8 @@
 """How a process that runs student code is started: bubblewrap plus resource limits.
 
 Trusted code. The sandbox sees the Python install and the venv read-only, the
-worker's two files, a throw-away /tmp, and nothing else of this repository:
+worker's two files, a throw-away /tmp (a tmpfs of SANDBOX_WRITABLE_MB, as is a
+kernel's copy of its assignment folder), and nothing else of this repository:
 not autograder/, source/, solutions/, the gradebook, or other submissions.
 It has no network (a fresh network namespace with only loopback), its own
 process namespace (everything in it dies with it), and the limits of
