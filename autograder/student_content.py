@@ -22,6 +22,7 @@ autograded/ and again before feedback is made from it:
 import base64
 import binascii
 import re
+import uuid
 from urllib.parse import urlsplit
 
 from nbconvert.filters.markdown_mistune import MarkdownWithMath
@@ -41,8 +42,8 @@ INERT_MARKDOWN_TOKENS = {
 }
 SAFE_LINK_SCHEMES = ("", "http", "https", "mailto")
 # MathJax macros that make a link, set HTML attributes or styles, or load an extension.
-ACTIVE_MATHJAX = re.compile(r"\\(href|class|cssId|style|unicode|require|html|data|attr)\b")
-TAG_NAME = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
+ACTIVE_MATHJAX = re.compile(r"\\(href|class|cssId|style|unicode|require|html|data|attr|mmlToken)\b")
+TAG_NAME = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")  # also nbformat's rule for cell ids
 
 
 def removed_output_note(kinds):
@@ -135,6 +136,8 @@ class InertStudentContent(NbGraderPreprocessor):
     def preprocess(self, nb, resources):
         for cell in nb.cells:
             cell.pop("attachments", None)
+            if "id" in cell and not (isinstance(cell.id, str) and TAG_NAME.match(cell.id)):
+                cell.id = uuid.uuid4().hex[:12]  # the page puts ids into attributes
             tags = cell.metadata.get("tags")
             if tags is not None:
                 cell.metadata["tags"] = [t for t in tags if isinstance(t, str) and TAG_NAME.match(t)] \

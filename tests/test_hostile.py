@@ -382,7 +382,7 @@ def test_writable_places_in_the_sandbox_are_capped(hostile_batch):
     assert f"FLOOD /tmp {cap_files}" in outputs and f"FLOOD . {cap_files}" in outputs
     # At most every sandbox of the batch full at once: two shards, each a kernel (/tmp and its
     # folder) and a worker (/tmp), plus room for the host's own changes meanwhile.
-    bound = 2 * 3 * WRITABLE_MB + 256
+    bound = 2 * 3 * WRITABLE_MB + 512  # (tests beside this one use some too: a browser, its /dev/shm)
     print(f"shared memory grew by at most {hostile_batch['shmem_growth_mb']:.0f} MB (bound {bound} MB)")
     assert hostile_batch["shmem_growth_mb"] < bound
 

@@ -86,3 +86,11 @@ def test_raw_cells_and_attachments_do_not_reach_the_page():
     raw_out, md_out = inert(raw, md)
     assert raw_out.cell_type == "markdown" and markdown_hazards(raw_out.source) == []
     assert "attachments" not in md_out and md_out.metadata["tags"] == ["ok-tag"]
+
+
+def test_a_forged_cell_id_does_not_reach_the_page():
+    nb = new_notebook(cells=[new_markdown_cell("plain text")])
+    nb.cells[0]["id"] = 'x"><script>alert(1)</script>'  # as a hand-edited file would hold it
+    nb, _ = InertStudentContent().preprocess(nb, {})
+    nbformat.validate(nb)
+    assert nb.cells[0].id.isalnum()
