@@ -25,6 +25,7 @@ from nbclient.exceptions import CellTimeoutError, DeadKernelError
 from nbformat.v4 import new_output
 from nbgrader.api import Gradebook
 from nbgrader.preprocessors import Execute, NbGraderPreprocessor
+from nbgrader.utils import is_grade, is_solution
 from traitlets import Bool, Integer
 
 import course_config
@@ -40,8 +41,7 @@ SKIP_TAG = "grader-skip"  # a read-only cell the worker need not run (a slow dem
 
 
 def is_test_cell(cell):
-    meta = cell.metadata.get("nbgrader", {})
-    return cell.cell_type == "code" and bool(meta.get("grade")) and not meta.get("solution")
+    return cell.cell_type == "code" and is_grade(cell) and not is_solution(cell)
 
 
 def hidden_check_name(cell):
@@ -64,6 +64,12 @@ def student_written_code(nb):
     return [cell.source for cell in nb.cells
             if cell.cell_type == "code" and not is_test_cell(cell)
             and not cell.metadata.get("nbgrader", {}).get("locked")]
+
+
+def graded_answers(nb):
+    """{grade id: source} of the code cells a student fills in (nbgrader's solution cells)."""
+    return {cell.metadata["nbgrader"]["grade_id"]: cell.source for cell in nb.cells
+            if cell.cell_type == "code" and is_solution(cell)}
 
 
 UNANSWERED = ("this notebook has no code of yours (it is the release version, or was not submitted), so it "
@@ -174,9 +180,9 @@ class SandboxedExecute(Execute):
             "error", ename=ename, evalue=message, traceback=[f"{ename}: {message}"]))
 
 
-def decide_checks(code, sources, names, cuda_available, log):
+def decide_checks(code, sources, answers, names, cuda_available, log):
     """{check name: Verdict} for `names`, against the student's `code` in one sandboxed worker."""
-    with SandboxedStudent(code, sources=sources) as student:
+    with SandboxedStudent(code, sources=sources, answers=answers) as student:
         verdicts = run_checks(names, student, cuda_available=cuda_available)
     for name, verdict in verdicts.items():
         log.info("hidden check %s: %s", name, verdict.status)
@@ -202,7 +208,7 @@ class StartTrustedChecks(NbGraderPreprocessor):
             cuda = torch.cuda.is_available() and course_config.GRADE_ON_CUDA != "off"
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="trusted-checks")
         resources.setdefault("nbgrader", {})["trusted_checks"] = pool.submit(
-            decide_checks, student_code(nb), student_written_code(nb), names, cuda, self.log)
+            decide_checks, student_code(nb), student_written_code(nb), graded_answers(nb), names, cuda, self.log)
         pool.shutdown(wait=False)
         return nb, resources
 

@@ -81,13 +81,14 @@ def _parse(sources):
     return trees
 
 
-def _find_words(sources, words):
-    """[(cell number, line, word)] for every name, attribute, import or constant string holding one of
-    `words` (names the student's own code defines do not count)."""
+def _find_words(sources, words, labels=None, context=()):
+    """[(label, line, word)] for every name, attribute, import or constant string of `sources` holding one
+    of `words`. Names the student's own code defines (in `sources` or in `context`, the rest of their
+    cells) do not count. A source's label is its 1-based number unless `labels` are given."""
     findings = []
     trees = _parse(sources)
-    own = set().union(*(_defined_names(t) for t in trees if t is not None))
-    for cell_number, (source, tree) in enumerate(zip(sources, trees), start=1):
+    own = set().union(*(_defined_names(t) for t in trees + _parse(context) if t is not None))
+    for cell_number, (source, tree) in zip(labels or range(1, len(sources) + 1), zip(sources, trees)):
         if tree is None:
             # Not parseable: fall back to the text with quotes, + and spaces removed.
             squashed = re.sub(r"[\s'\"+,]", "", source)
@@ -120,9 +121,10 @@ def _find_words(sources, words):
     return findings
 
 
-def find_forbidden(sources):
-    """[(cell number, line, what was found)] for every use of a ready-made attention."""
-    return sorted(set(_find_words(sources, FORBIDDEN)))
+def find_forbidden(sources, labels=None, context=()):
+    """[(cell, line, what was found)] for every use of a ready-made attention in `sources` (the cells a
+    student fills in; `context`: their other cells, whose definitions are their own but not scanned)."""
+    return sorted(set(_find_words(sources, FORBIDDEN, labels, context)))
 
 
 def _dotted(node):

@@ -194,7 +194,8 @@ def _decode_outcome(reply):
 class StudentCode:
     """What checks use: `call(...)` and `sources` (the student's code, for static checks)."""
 
-    sources: list
+    sources: list  # every cell the student could write in (the tampering scan reads them all)
+    answers: dict = None  # grade id -> the cells they fill in (the ready-made-attention rule reads these)
     check_deadline = None  # the running check's time budget (time_budget.check_deadline), if any
 
     def value(self, name):
@@ -253,9 +254,10 @@ class SandboxedStudent(StudentCode):
     reason, so a broken submission costs one time-out, not one per check.
     """
 
-    def __init__(self, cells, sources=None):
+    def __init__(self, cells, sources=None, answers=None):
         self.cells = list(cells)
         self.sources = list(sources if sources is not None else cells)
+        self.answers = dict(answers) if answers is not None else None
         self.load_errors = []
         self.skipped_cells = {}  # cell index -> why it was left out (it hung or killed the worker)
         self._cap = None

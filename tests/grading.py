@@ -2,7 +2,7 @@
 import re
 
 from autograder.checks import run_checks
-from autograder.pipeline import hidden_check_name, student_code, student_written_code
+from autograder.pipeline import graded_answers, hidden_check_name, student_code, student_written_code
 from autograder.student import SandboxedStudent
 from tests.students import NB1, source_notebook
 
@@ -33,7 +33,7 @@ def decidable_points(name=NB1):
 def grade_checks(nb, name=NB1, only=None):
     """{check name: Verdict} for every hidden check of notebook `name` (or those in `only`), against `nb`'s code."""
     names = [c for c in check_points(name) if only is None or c in only]
-    with SandboxedStudent(student_code(nb), sources=student_written_code(nb)) as student:
+    with SandboxedStudent(student_code(nb), sources=student_written_code(nb), answers=graded_answers(nb)) as student:
         return run_checks(names, student)
 
 

@@ -170,3 +170,20 @@ def test_a_fully_masked_row_failure_says_the_rule_in_words():
                                           r"output\[0, 1, 0\] = 0\.25"):
         expect_exactly_zero(Returned(output, "float32", (1, 3, 2), "cpu"), rows, "output", "attention(...)")
     expect_exactly_zero(Returned(np.zeros((1, 3, 2)), "float32", (1, 3, 2), "cpu"), rows, "output", "attention(...)")
+
+
+def test_a_scratch_cell_may_compare_with_pytorch_but_an_answer_may_not():
+    """Before: F.scaled_dot_product_attention in a scratch cell voided all ten attention checks (63 points)."""
+    from autograder.pipeline import graded_answers, student_code, student_written_code
+
+    scratch = ("import torch.nn.functional as F\nQ, K, V = torch.randn(1, 3, 4), torch.randn(1, 3, 4), torch.randn(1, 3, 4)\n"
+               "print((attention(Q, K, V)[0] - F.scaled_dot_product_attention(Q, K, V)).abs().max())")
+    nb = student_notebook(reference_answers(), extra_cells=[("attention", scratch)])
+    with SandboxedStudent(student_code(nb), sources=student_written_code(nb), answers=graded_answers(nb)) as student:
+        assert run_check("attention_no_fused_kernels", student).status == "passed"
+    answers = reference_answers()
+    answers["attention"] += "\n\n_compare = torch.nn.functional.scaled_dot_product_attention\n"
+    nb = student_notebook(answers)
+    with SandboxedStudent(student_code(nb), sources=student_written_code(nb), answers=graded_answers(nb)) as student:
+        verdict = run_check("attention_matches_reference", student)
+    assert verdict.status == "failed" and "scaled_dot_product_attention (in your cell 'attention', line" in verdict.message

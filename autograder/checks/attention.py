@@ -23,10 +23,15 @@ KEY_PADDING = torch.tensor([True, True, True, False, False])  # [S=5]: the last 
 
 def refuse_ready_made_attention(student, outcome=None):
     """Code that calls PyTorch's own attention earns no attention points at all."""
-    if not hasattr(student, "forbidden_findings"):
-        student.forbidden_findings = find_forbidden(student.sources)  # read once per student
+    if not hasattr(student, "forbidden_findings"):  # read once per student
+        # The rule as the notebook states it: only the cells a student fills in are read; their own
+        # scratch cells may compare with PyTorch's attention.
+        answers = student.answers or {f"cell {i}": source for i, source in enumerate(student.sources, 1)}
+        student.forbidden_findings = find_forbidden(list(answers.values()), labels=list(answers),
+                                                    context=student.sources)
     if student.forbidden_findings:
-        where = "; ".join(f"{word} (cell {cell}, line {line})" for cell, line, word in student.forbidden_findings[:5])
+        where = "; ".join(f"{word} (in your cell '{cell}', line {line})"
+                          for cell, line, word in student.forbidden_findings[:5])
         void_family(student, "attention", f"your code uses ready-made attention, which this assignment asks you "
                                           f"to build yourself: {where}. No attention check can pass.")
     if outcome is not None and outcome.fused:
