@@ -16,7 +16,7 @@ VERBS = ["sees", "likes", "finds", "makes", "wants", "reads", "draws", "helps"]
 OBJECTS = ["the ball", "a book", "the cake", "a song", "the map", "a tree", "the box", "a letter"]
 PLACES = ["at home", "in the park", "by the sea", "on the hill", "at school", "in the rain"]
 TIMES = ["today", "at night", "every day", "in the morning", "after lunch"]
-NUM_SENTENCES = 400  # about 11,000 characters: enough patterns to learn, small enough for seconds of training
+NUM_SENTENCES = 400  # about 12,900 characters: enough patterns to learn, small enough for seconds of training
 
 
 def sentence(rng):
