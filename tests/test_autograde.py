@@ -35,6 +35,7 @@ WRITTEN_ANSWERS = {
     "answer_why_minus_inf": "exp(-inf) = 0, so a blocked key gets no weight; a 0 score would still get weight.",
     "answer_why_d_v_columns": "QK^T contracts over d_k; [L, S] @ [S, d_v] = [L, d_v].",
     "answer_output_rank": "No: rank(AB) <= min(rank(A), rank(B)), the rows are averages of value rows.",
+    "answer_honest_test": "The cheaters copy the next character they can see; with the causal mask they cannot.",
 }
 TRANSPOSED_HEATMAP = ("ax.imshow(weights, cmap=COLOR_MAP)", "ax.imshow(weights.T, cmap=COLOR_MAP)")
 

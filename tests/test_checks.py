@@ -187,3 +187,27 @@ def test_a_scratch_cell_may_compare_with_pytorch_but_an_answer_may_not():
     with SandboxedStudent(student_code(nb), sources=student_written_code(nb), answers=graded_answers(nb)) as student:
         verdict = run_check("attention_matches_reference", student)
     assert verdict.status == "failed" and "scaled_dot_product_attention (in your cell 'attention', line" in verdict.message
+
+
+@pytest.mark.parametrize("name", ["01_attention_from_scratch", "02_seeing_attention", "03_breaking_attention"])
+def test_every_hidden_check_is_shown_first_by_a_public_test(name):
+    """No rule is graded before it is shown: each hidden check names (SHOWN_FIRST_BY, beside the checks) the
+    public test cells that show its rule, and each of them is a 0-point test cell placed before the check."""
+    import importlib
+
+    cells = source_notebook(name).cells
+    public = {}
+    for index, cell in enumerate(cells):
+        meta = cell.metadata.get("nbgrader", {})
+        if meta.get("grade") and not meta.get("solution") and not hidden_check_name(cell):
+            assert float(meta.get("points", 0)) == 0, f"{meta['grade_id']} is a public test with points"
+            public[meta["grade_id"]] = index
+    for index, cell in enumerate(cells):
+        check = hidden_check_name(cell)
+        if not check:
+            continue
+        shown_by = importlib.import_module(REGISTRY[check].run.__module__).SHOWN_FIRST_BY.get(check, ())
+        assert shown_by, f"hidden check {check} names no public test that shows its rule"
+        for grade_id in shown_by:
+            assert grade_id in public, f"{check}: {grade_id} is not a public test of {name}"
+            assert public[grade_id] < index, f"{check}: its public test {grade_id} comes after it"

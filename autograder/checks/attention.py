@@ -18,6 +18,24 @@ from .expectations import (expect_close, expect_exactly_zero, expect_finite, exp
                            expect_shape, expect_tensor, shape_mentioned, what)
 
 NOTEBOOK = "01_attention_from_scratch"
+
+# The public tests (0-point cells of the notebook, placed before the check) that show each check's
+# rule first: a student who passes them has been warned of what the check grades. tests/test_checks.py
+# holds the notebooks to this map.
+SHOWN_FIRST_BY = {
+    "attention_matches_reference": ("test_compute_scores", "test_attention"),
+    "attention_bool_masks": ("test_apply_mask", "test_attention"),
+    "attention_float_masks": ("test_apply_mask", "test_attention"),
+    "attention_fully_masked_rows": ("test_masked_softmax", "test_attention"),
+    "attention_empty_sequences": ("test_check_attention_inputs", "test_attention"),
+    "attention_rejects_bad_inputs": ("test_check_attention_inputs",),
+    "attention_numerically_stable": ("test_masked_softmax",),
+    "attention_keeps_dtype_and_inputs": ("test_attention",),
+    "attention_gradients": ("test_attention",),
+    "attention_no_fused_kernels": ("test_attention",),
+    "causal_mask": ("test_masks",),
+    "reverse_mask": ("test_masks",),
+}
 KEY_PADDING = torch.tensor([True, True, True, False, False])  # [S=5]: the last two keys are padding
 
 

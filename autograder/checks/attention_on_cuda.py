@@ -18,6 +18,15 @@ from .expectations import expect_close, expect_no_error, expect_pair, expect_sha
 CUDA_DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
 
+# The public tests (0-point cells of the notebook, placed before the check) that show each check's
+# rule first: a student who passes them has been warned of what the check grades. tests/test_checks.py
+# holds the notebooks to this map.
+SHOWN_FIRST_BY = {
+    "cuda_attention_matches": ("test_on_gpu",),
+    "cuda_causal_mask": ("test_on_gpu",),
+}
+
+
 def device_hint(outcome, call_text):
     """A device mix-up gets a message that says what to fix."""
     if outcome.raised and "device" in outcome.raised[1].lower():

@@ -32,6 +32,17 @@ from .expectations import expect_no_error, what
 
 NOTEBOOK = "03_breaking_attention"
 
+# The public tests (0-point cells of the notebook, placed before the check) that show each check's
+# rule first: a student who passes them has been warned of what the check grades. tests/test_checks.py
+# holds the notebooks to this map.
+SHOWN_FIRST_BY = {
+    "masks_steer_what_a_model_sees": ("test_masks",),
+    "scaling_table_is_complete_and_repeatable": ("test_experiment_scaling_factor",),
+    "scaling_trends_match_the_lesson": ("test_experiment_scaling_factor",),
+    "compare_masking_shows_the_cheaters": ("test_compare_masking",),
+    "compare_masking_is_repeatable": ("test_compare_masking",),
+}
+
 # --- the masks' effect on a model -------------------------------------------
 MODEL_SEQ_LEN, MODEL_WIDTH = 6, 4
 CHANGE = 1e-9  # an output "depends on" an input when changing the input moves it by more than this

@@ -19,6 +19,20 @@ from . import CheckFailed, check
 from .expectations import expect_no_error, expect_value_error, what
 
 NOTEBOOK = "02_seeing_attention"
+
+# The public tests (0-point cells of the notebook, placed before the check) that show each check's
+# rule first: a student who passes them has been warned of what the check grades. tests/test_checks.py
+# holds the notebooks to this map.
+SHOWN_FIRST_BY = {
+    "heatmap_image_is_the_weights": ("test_plot_attention_heatmap",),
+    "heatmap_is_labelled": ("test_plot_attention_heatmap",),
+    "multihead_one_panel_per_head": ("test_plot_multihead_attention",),
+    "multihead_shared_colour_scale": ("test_plot_multihead_attention",),
+    "multihead_rejects_wrong_head_count": ("test_plot_multihead_attention",),
+    "pattern_statistics_match_reference": ("test_analyze_attention_patterns",),
+    "pattern_statistics_edge_cases": ("test_analyze_attention_patterns",),
+    "head_roles_identified": ("test_head_roles",),
+}
 IMAGE_ATOL = 1e-6  # the image may hold float32 copies of the weights; nothing else is allowed
 STATISTICS_RTOL, STATISTICS_ATOL = 1e-4, 1e-6  # float32 sums of at most a few hundred weights
 HEATMAP_LENGTHS = (1, 4, 7)  # one token, a typical sentence piece, the largest generated length
