@@ -45,8 +45,10 @@ def slow_batch(tmp_path_factory):
 def test_the_batch_ends_within_the_submission_limit(slow_batch):
     course, elapsed, output = slow_batch
     print(f"slow batch: {elapsed:.0f} s\n{output}")
-    # the slow student's clock, the bystander's grading (about 15 s here) and the set-up around them
-    assert elapsed < SUBMISSION_S + 60
+    # The slow student's clock, the bystander's grading (about 15 s here) and the set-up around them:
+    # about 100 s here. Before, a shard's limit was the clock times its size (2 x 70 s here) and a
+    # student who ran out was graded a second time alone. The bound leaves room for a slower host.
+    assert elapsed < 2 * SUBMISSION_S + 20
 
 
 def test_the_slow_student_is_told_why_and_no_other_grade_moves(slow_batch):
