@@ -19,6 +19,7 @@ one student cell can rewrite them. Here that kernel never sees them.
 import re
 from concurrent.futures import ThreadPoolExecutor
 
+import IPython.lib.pretty  # noqa: F401 - see below
 import nbformat
 
 from nbclient.exceptions import CellTimeoutError, DeadKernelError
@@ -36,6 +37,10 @@ from .feedback import FLAGS
 from .student import SandboxedStudent
 from .time_budget import submission_deadline
 
+# IPython.lib.pretty is imported above, in this process's main thread, before any checks thread
+# starts: hypothesis reads it from sys.modules when it prints an example, and while the kernel's run
+# imported it in the main thread, a check once found it half-initialised ("partially initialized
+# module 'IPython.lib.pretty'") and was left pending.
 HIDDEN_CHECK_CALL = re.compile(r"""hidden_check\(\s*["']([\w\-]+)["']\s*\)""")
 SKIP_TAG = "grader-skip"  # a read-only cell the worker need not run (a slow demo, say)
 
