@@ -125,6 +125,13 @@ class ProcessCap:
             self.path = path
             break
 
+    @classmethod
+    def existing(cls, path):
+        """The group at `path`, made by an earlier grading process (to empty and remove it)."""
+        cap = cls.__new__(cls)
+        cap.path = path
+        return cap
+
     @property
     def available(self):
         return self.path is not None
@@ -301,10 +308,9 @@ def sweep_leftovers():
     removed = 0
     for root in ProcessCap.ROOTS:
         for group in root.glob(f"{CGROUP_PREFIX}*") if root.is_dir() else []:
-            if _owner_alive(group.name, CGROUP_PREFIX) is False or (
-                    _owner_alive(group.name, CGROUP_PREFIX) is None and not _read(group / "cgroup.procs").split()):
-                cap = ProcessCap.__new__(ProcessCap)
-                cap.path = group
+            owner = _owner_alive(group.name, CGROUP_PREFIX)
+            if owner is False or (owner is None and not _read(group / "cgroup.procs").split()):
+                cap = ProcessCap.existing(group)
                 cap.kill_all()
                 removed += cap.path is None
     too_old = time.time() - course_config.SUBMISSION_TIMEOUT_S - course_config.SUBMISSION_GRACE_S

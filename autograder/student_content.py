@@ -61,8 +61,9 @@ def is_base64(text):
     return True
 
 
-def inert_output(output):
-    """The output with only its inert parts, and the kinds removed: (output or None, [kind, ...])."""
+def inert_output(output, allowed=INERT_MIME_TYPES):
+    """The output with only its inert parts (of the `allowed` kinds), and the kinds removed:
+    (output, or None when nothing inert is left of it; [kind, ...])."""
     kind = output.get("output_type")
     if kind == "stream":
         text = output.get("text", "")
@@ -77,12 +78,16 @@ def inert_output(output):
     data = output.get("data", {})
     kept, removed = {}, []
     for mime, value in data.items():
-        if mime in BASE64_IMAGE_TYPES and is_base64(value):
+        if mime not in allowed:
+            removed.append(mime)
+        elif mime in BASE64_IMAGE_TYPES and is_base64(value):
             kept[mime] = value
         elif mime == "text/plain" and isinstance(value, (str, list)):
             kept[mime] = value if isinstance(value, str) else "".join(map(str, value))
         else:
             removed.append(mime)
+    if not kept:
+        return None, removed
     if kind == "execute_result":
         count = output.get("execution_count")
         return new_output(kind, data=kept, execution_count=count if isinstance(count, int) else None), removed
@@ -159,13 +164,7 @@ class InertStudentContent(NbGraderPreprocessor):
         """Inert outputs; one note at the end names every kind that was removed."""
         kept, removed = [], set()
         for output in outputs:
-            output, dropped = inert_output(output)
-            data = output.get("data", {}) if output is not None else {}
-            dropped += [mime for mime in data if mime not in self.inert_mime_types]
-            for mime in dropped:
-                data.pop(mime, None)
-            if output is not None and output.get("output_type") in ("display_data", "execute_result") and not data:
-                output = None  # nothing inert was left of it
+            output, dropped = inert_output(output, self.inert_mime_types)
             removed.update(dropped)
             if output is not None:
                 kept.append(output)
