@@ -4,11 +4,12 @@
 #   developer:  make test             CUDA host: make gpu-check
 SHELL := /bin/bash
 PYTHON ?= python3
-VENV := .venv
+# The venv: .venv here, or another place (hub/setup.sh builds the hub's shared one with VENV=/opt/...).
+VENV ?= .venv
 PY := $(VENV)/bin/python
 # nbgrader runs `alembic` as a subprocess: the venv's bin must be on PATH.
 # nbgrader reads nbgrader_config.py in this directory, which includes course_config.py.
-export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+export PATH := $(abspath $(VENV))/bin:$(PATH)
 export PYTHONPATH := $(CURDIR)
 export MPLBACKEND := Agg
 NBGRADER := $(VENV)/bin/nbgrader
@@ -21,7 +22,7 @@ TORCH_VERSION := 2.13.0
 TORCH_cpu := torch==$(TORCH_VERSION)+cpu --extra-index-url https://download.pytorch.org/whl/cpu
 TORCH_cuda := torch==$(TORCH_VERSION)
 
-.PHONY: help venv release validate autograde autograde-gpu feedback export test gpu-check lab clean-grading
+.PHONY: help venv hub release validate autograde autograde-gpu feedback export test gpu-check lab clean-grading
 .DEFAULT_GOAL := help
 
 help: ## this list (plain `make` prints it too)
@@ -68,6 +69,12 @@ test: venv ## developer: the whole test suite
 
 gpu-check: venv ## CUDA host: the GPU-tagged checks against the reference solution
 	$(PY) -m autograder.gpu_check
+
+# Try the course on a JupyterHub on this machine (root): hub/setup.sh, then the hub on 127.0.0.1:8000.
+hub: ## try the course on a JupyterHub here (as root; hub/README in README.md)
+	HUB_STUDENTS="$${HUB_STUDENTS:-student1 student2 student3}" \
+	  HUB_GRADER_PASSWORD="$${HUB_GRADER_PASSWORD:-grader-attention-surgeon}" bash hub/setup.sh
+	bash hub/start.sh
 
 lab: venv ## JupyterLab in this folder
 	$(VENV)/bin/jupyter lab

@@ -28,8 +28,29 @@ ASSIGNMENT = "attention_surgeon"
 # with the prefix ATTENTION_SURGEON_ (the test suite uses short time limits).
 
 
-def _policy(name, default):
-    return type(default)(os.environ.get(f"ATTENTION_SURGEON_{name}", default))
+def _policy(name, default, choices=None):
+    """The value of one policy setting: ATTENTION_SURGEON_<name> when set, else `default`.
+
+    The one reader of every setting below: a value of the wrong kind (or not among `choices`)
+    stops with an error that names the environment variable, instead of grading with a guess.
+    """
+    variable = f"ATTENTION_SURGEON_{name}"
+    raw = os.environ.get(variable)
+    if raw is None or raw == "":
+        return default
+    if isinstance(default, bool):
+        if raw.lower() not in ("0", "1", "true", "false", "yes", "no"):
+            raise ValueError(f"{variable}={raw!r}: expected yes or no (1/0, true/false)")
+        return raw.lower() in ("1", "true", "yes")
+    try:
+        value = type(default)(raw)
+    except ValueError:
+        raise ValueError(f"{variable}={raw!r}: expected {type(default).__name__}, like {default!r}") from None
+    if choices is not None and value not in choices:
+        raise ValueError(f"{variable}={raw!r}: expected one of {', '.join(map(str, choices))}")
+    if isinstance(value, int) and value < 0:
+        raise ValueError(f"{variable}={raw!r}: expected a number of 0 or more")
+    return value
 
 
 # Wall-clock limit for one call of a student's function by a hidden check.
@@ -79,16 +100,23 @@ SUBMISSION_MAX_FILES = _policy("SUBMISSION_MAX_FILES", 100)
 # a larger one is graded as unanswered, with a note.
 NOTEBOOK_READ_MAX_MB = _policy("NOTEBOOK_READ_MAX_MB", 200)
 # Submissions graded at once by `make autograde`.
-GRADING_PARALLELISM = int(os.environ.get("ATTENTION_SURGEON_PARALLELISM", 0)) or max(1, os.cpu_count() or 1)
+# (0: one per core.)
+GRADING_PARALLELISM = _policy("PARALLELISM", 0) or max(1, os.cpu_count() or 1)
 # Student code runs under bubblewrap. "required": refuse to grade when the
 # sandbox cannot start. "off": explicit opt-out (a trusted test machine only).
-SANDBOX = os.environ.get("ATTENTION_SURGEON_SANDBOX", "required")
+SANDBOX = _policy("SANDBOX", "required", choices=("required", "off"))
 # The bubblewrap binary (found on PATH unless set).
-BWRAP = os.environ.get("ATTENTION_SURGEON_BWRAP") or __import__("shutil").which("bwrap") or "/usr/bin/bwrap"
+BWRAP = _policy("BWRAP", "") or __import__("shutil").which("bwrap") or "/usr/bin/bwrap"
+# The process cap (MAX_PROCESSES) is a cgroup where the grader may make one (root), and
+# RLIMIT_NPROC inside the sandbox's own user namespace where it may not (an ordinary grader
+# account, as on JupyterHub). `make autograde` checks that one of them stops a probe; where none
+# does it refuses to grade, unless this says a course accepts that (a fork bomb then runs until the
+# memory cap or the time limit ends it).
+ALLOW_NO_PROCESS_CAP = _policy("ALLOW_NO_PROCESS_CAP", False)
 # GPU-tagged checks run where torch sees CUDA ("auto"). Where it does not, or with "off" (e.g. to
 # keep a shared GPU free), they are recorded as pending: neither passed nor failed, no score,
 # "needs manual grade". `make autograde-gpu` on a CUDA host fills them in later.
-GRADE_ON_CUDA = os.environ.get("ATTENTION_SURGEON_CUDA", "auto")
+GRADE_ON_CUDA = _policy("CUDA", "auto", choices=("auto", "off"))
 
 # Hypothesis: every student gets the same examples (see autograder/strategies.py).
 HYPOTHESIS_MAX_EXAMPLES = 25

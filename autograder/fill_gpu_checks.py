@@ -7,6 +7,7 @@ the sandboxed worker, on CUDA), writes their verdicts into the autograded notebo
 gradebook, then regenerates feedback and grades.csv. Every other grade, and every manual grade,
 is left as it is.
 """
+import logging
 import os
 import stat
 import sys
@@ -20,7 +21,7 @@ import course_config
 from .checks import REGISTRY
 from .nbgrader_cli import run_nbgrader
 from .pipeline import decide_checks, hidden_check_name, student_code, student_written_code, verdict_outputs
-from .sandbox import refuse_unless_sandbox_works
+from .preflight import refuse_unless_sandbox_works
 
 
 class _Log:
@@ -78,4 +79,5 @@ def main():
 
 
 if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # the preflight says which process cap holds
     sys.exit(main())

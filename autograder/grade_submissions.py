@@ -17,6 +17,7 @@ Safe to re-run: each student is regraded from a fresh copy (--force).
 One submission that crashes, hangs or is not even JSON never stops the batch.
 """
 import json
+import logging
 import os
 import select
 import shutil
@@ -36,7 +37,8 @@ import course_config
 from .feedback import FLAGS, generate_feedback, save_reports
 from .nbgrader_cli import nbgrader_env, run_nbgrader
 from . import time_budget
-from .sandbox import refuse_unless_sandbox_works, sweep_leftovers
+from .preflight import refuse_unless_sandbox_works
+from .sandbox import sweep_leftovers
 
 ROOT = course_config.COURSE_ROOT
 ASSIGNMENT = course_config.ASSIGNMENT
@@ -410,6 +412,7 @@ def main():
 
 
 if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # the preflight says which process cap holds
     if sys.argv[1:2] == ["--shard"]:
         grade_shard(sys.argv[2:])
     else:

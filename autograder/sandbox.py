@@ -6,7 +6,9 @@ kernel's copy of its assignment folder), and nothing else of this repository:
 not autograder/, source/, solutions/, the gradebook, or other submissions.
 It has no network (a fresh network namespace with only loopback), its own
 process namespace (everything in it dies with it), and the limits of
-course_config.py.
+course_config.py. Its process cap is a cgroup where the grader may make one
+(root), and RLIMIT_NPROC in its own user namespace where it may not (an
+ordinary grader account, as on JupyterHub): see `process_cap`.
 """
 import os
 import shutil
@@ -95,21 +97,21 @@ IPC_PREFIX = "as-ipc-"
 LEGACY_KERNEL_PREFIX = "attention-surgeon-kernel-"  # scratch folders of earlier versions
 
 
-class ProcessCap:
+class CgroupProcessCap:
     """A cgroup 'pids' group for one sandbox: caps its processes and threads, and kills them all.
 
-    RLIMIT_NPROC cannot do this here: the sandbox runs as root outside its user
-    namespace, and root is exempt. A process joins the group by writing its pid
-    to `procs_file` before it execs (see `limited_command`); its children stay in.
-    Without a writable pids controller (cgroup v1 or v2) the cap is off, the
-    pid namespace still ends every process, and `available` says so.
+    Needs a pids controller this process may write to (root, cgroup v1 or v2). A
+    process joins the group by writing its pid to `procs_file` before it execs (see
+    `limited_command`); its children stay in. Where no group can be made, `available`
+    is False and `process_cap` picks another mechanism.
     """
 
     ROOTS = (Path("/sys/fs/cgroup/pids"), Path("/sys/fs/cgroup"))
+    prlimit_options = ()
 
     def __init__(self, limit=None):
         self.path = None
-        limit = limit or course_config.MAX_PROCESSES
+        self.limit = limit or course_config.MAX_PROCESSES
         for root in self.ROOTS:
             if not (root / "cgroup.procs").exists():
                 continue
@@ -118,7 +120,7 @@ class ProcessCap:
             path = root / f"{CGROUP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}"
             try:
                 path.mkdir()
-                (path / "pids.max").write_text(str(limit))
+                (path / "pids.max").write_text(str(self.limit))
             except OSError:
                 shutil.rmtree(path, ignore_errors=True)
                 continue
@@ -135,6 +137,9 @@ class ProcessCap:
     @property
     def available(self):
         return self.path is not None
+
+    def describe(self):
+        return f"a cgroup ({self.path.parent}, pids.max = {self.limit})"
 
     @property
     def procs_file(self):
@@ -165,6 +170,62 @@ class ProcessCap:
             pass  # still busy: a later kill_all (or the next grading run) removes it
 
 
+class UserNamespaceProcessCap:
+    """RLIMIT_NPROC, set inside the sandbox: the cap of an ordinary (not root) grader account.
+
+    Linux counts RLIMIT_NPROC per user *and user namespace*, and every sandbox has a
+    user namespace of its own (bwrap --unshare-all), so the limit counts exactly the
+    sandbox's processes and threads, not the grader's others. It is set by `prlimit`
+    inside the sandbox, after the namespace exists: set outside, it would also count
+    every other process of the grader account. Root is exempt from RLIMIT_NPROC,
+    which is why root graders use a cgroup. Killing needs no group: the sandbox's pid
+    namespace ends every process in it when bwrap goes.
+    """
+
+    procs_file = "/dev/null"
+    available = True
+
+    def __init__(self, limit=None):
+        self.limit = limit or course_config.MAX_PROCESSES
+
+    @property
+    def prlimit_options(self):
+        return (f"--nproc={self.limit}",)
+
+    def describe(self):
+        return f"RLIMIT_NPROC = {self.limit} inside the sandbox's user namespace (grader uid {os.geteuid()})"
+
+    def kill_all(self):
+        pass  # the pid namespace does it
+
+
+class NoProcessCap:
+    """No mechanism on this host: the pid namespace still ends every process, but a fork bomb runs
+    until the memory cap or a time limit stops it. The preflight refuses to grade with this unless
+    course_config.ALLOW_NO_PROCESS_CAP says otherwise."""
+
+    procs_file = "/dev/null"
+    prlimit_options = ()
+    available = False
+
+    def describe(self):
+        return "none"
+
+    def kill_all(self):
+        pass
+
+
+def process_cap(limit=None):
+    """The process cap for one new sandbox: a cgroup where the grader can make one, else RLIMIT_NPROC
+    in the sandbox's user namespace (a grader that is not root), else none."""
+    cgroup = CgroupProcessCap(limit)
+    if cgroup.available:
+        return cgroup
+    if sandbox_enabled() and os.geteuid() != 0:
+        return UserNamespaceProcessCap(limit)
+    return NoProcessCap()
+
+
 def _read(path):
     try:
         return Path(path).read_text()
@@ -172,11 +233,13 @@ def _read(path):
         return ""
 
 
-def limited_command(command, cap):
-    """`command`, run inside `cap`'s cgroup with the memory and file-size caps of course_config."""
+def limited_command(sandbox, command, cap):
+    """`command` in the sandbox (`sandbox`: the bwrap arguments, or [] with the sandbox off), with
+    `cap` and the memory and file-size caps of course_config. The cgroup is joined outside, before
+    bwrap starts; the rlimits are set inside, where RLIMIT_NPROC counts the sandbox's user namespace."""
     memory = course_config.MEMORY_LIMIT_MB << 20
-    return ["/bin/sh", "-c", 'echo $$ > "$0" 2>/dev/null; exec "$@"', cap.procs_file,
-            "prlimit", f"--as={memory}", f"--fsize={FILE_SIZE_LIMIT}", "--core=0", "--", *command]
+    limits = ["prlimit", f"--as={memory}", f"--fsize={FILE_SIZE_LIMIT}", "--core=0", *cap.prlimit_options, "--"]
+    return ["/bin/sh", "-c", 'echo $$ > "$0" 2>/dev/null; exec "$@"', cap.procs_file, *sandbox, *limits, *command]
 
 
 # Inside the sandbox: the kernel's assignment folder, read-only, before it is copied into its tmpfs.
@@ -196,11 +259,11 @@ def kernel_command(kernel_argv, assignment_dir, work_dir, ipc_dir, cap):
                             extra_binds=[(ipc_dir, ipc_dir)], chdir=str(work_dir))
     if not prefix:  # no sandbox (a trusted test machine): a copy on the host's disk
         shutil.copytree(assignment_dir, work_dir, ignore=shutil.ignore_patterns("*.ipynb"), symlinks=False)
-        return limited_command(argv, cap)
+        return limited_command([], argv, cap)
     # In its own pid namespace the kernel's parent is pid 1, which ipykernel's parent
     # poller would take for "my parent died". bwrap's --die-with-parent does that job.
     prefix += ["--unsetenv", "JPY_PARENT_PID"]
-    return limited_command(prefix + ["/bin/sh", "-c", COPY_THEN_EXEC, SANDBOX_ASSIGNMENT_DIR] + argv, cap)
+    return limited_command(prefix, ["/bin/sh", "-c", COPY_THEN_EXEC, SANDBOX_ASSIGNMENT_DIR] + argv, cap)
 
 
 def python_executable():
@@ -212,7 +275,7 @@ def worker_command(cap):
     """The command line of a sandboxed worker (autograder/sandboxed_worker/worker.py)."""
     prefix = sandbox_prefix(extra_ro_binds=[(WORKER_DIR, SANDBOX_WORKER_DIR)])
     worker_dir = SANDBOX_WORKER_DIR if prefix else str(WORKER_DIR)
-    return limited_command(prefix + [python_executable(), "-s", "-E", f"{worker_dir}/worker.py"], cap)
+    return limited_command(prefix, [python_executable(), "-s", "-E", f"{worker_dir}/worker.py"], cap)
 
 
 # A Unix socket path holds at most 107 bytes; the kernel's sockets are "<dir>/kernel-<port>".
@@ -244,7 +307,7 @@ def sandboxed_kernel_manager_class():
         def format_kernel_cmd(self, extra_arguments=None):
             argv = super().format_kernel_cmd(extra_arguments)
             if self.cap is None:
-                self.cap = ProcessCap()
+                self.cap = process_cap()
             return kernel_command(argv, self.assignment_dir, self.work_dir, self.ipc_dir, self.cap)
 
         async def start_kernel(self, **kw):
@@ -306,11 +369,11 @@ def sweep_leftovers():
     earlier versions, which name no owner, go once they are older than any grading can last.
     Returns how many were removed."""
     removed = 0
-    for root in ProcessCap.ROOTS:
+    for root in CgroupProcessCap.ROOTS:
         for group in root.glob(f"{CGROUP_PREFIX}*") if root.is_dir() else []:
             owner = _owner_alive(group.name, CGROUP_PREFIX)
             if owner is False or (owner is None and not _read(group / "cgroup.procs").split()):
-                cap = ProcessCap.existing(group)
+                cap = CgroupProcessCap.existing(group)
                 cap.kill_all()
                 removed += cap.path is None
     too_old = time.time() - course_config.SUBMISSION_TIMEOUT_S - course_config.SUBMISSION_GRACE_S
@@ -322,31 +385,3 @@ def sweep_leftovers():
                 shutil.rmtree(folder, ignore_errors=True)
                 removed += not folder.exists()
     return removed
-
-
-def refuse_unless_sandbox_works():
-    """For commands that grade: None when the sandbox works, else print why and return exit status 2."""
-    try:
-        preflight()
-    except SandboxUnavailable as err:
-        print(f"GRADING REFUSED: {err}", file=sys.stderr)
-        return 2
-    return None
-
-
-def preflight():
-    """Start a worker with no student code and call it once; raise SandboxUnavailable if that fails.
-
-    Run before grading anyone: a sandbox that cannot start must stop the grading
-    with a clear message, not score every student 0.
-    """
-    from .student import SandboxedStudent, StudentUnresponsive
-
-    with SandboxedStudent(["def ping():\n    return 'pong'"]) as probe:
-        try:
-            outcome = probe.call("ping")
-        except StudentUnresponsive as err:
-            raise SandboxUnavailable(f"the sandboxed worker does not start on this host: {err}. Grading "
-                                     f"is refused. See course_config.SANDBOX.") from None
-    if outcome.value != "pong":
-        raise SandboxUnavailable(f"the sandboxed worker answered {outcome.value!r} to a ping; grading is refused")

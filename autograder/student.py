@@ -19,7 +19,7 @@ import torch
 
 import course_config
 
-from .sandbox import ProcessCap, sandbox_environment, worker_command
+from .sandbox import process_cap, sandbox_environment, worker_command
 from .time_budget import call_deadline, first_to_end, submission_deadline
 from .sandboxed_worker import protocol
 from .sandboxed_worker.worker import Session, describe
@@ -348,7 +348,7 @@ class SandboxedStudent(StudentCode):
 
     def _launch(self):
         self._buffer = b""
-        self._cap = ProcessCap()
+        self._cap = process_cap()
         try:
             self._process = subprocess.Popen(
                 worker_command(self._cap), stdin=subprocess.PIPE, stdout=subprocess.PIPE,

@@ -40,13 +40,14 @@ def reference_answers(name=NB1):
     return answers
 
 
-def student_notebook(answers=None, name=NB1, mutate=None, extra_cells=()):
-    """The release notebook with solution cells filled from `answers` (grade_id -> code).
+def student_notebook(answers=None, name=NB1, mutate=None, extra_cells=(), base=None):
+    """The release notebook (or `base`, e.g. the one a student fetched) with solution cells filled
+    from `answers` (grade_id -> code).
 
     `mutate(code) -> code` is applied to every answer (a bug a student might write);
     `extra_cells` are (after_grade_id, code) pairs: cells a student adds.
     """
-    nb = copy.deepcopy(release_notebook(name))
+    nb = nbformat.from_dict(copy.deepcopy(base)) if base is not None else copy.deepcopy(release_notebook(name))
     answers = dict(answers or {})
     for cell in nb.cells:
         grade_id = cell.metadata.get("nbgrader", {}).get("grade_id")

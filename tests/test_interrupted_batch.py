@@ -13,14 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from autograder.sandbox import CGROUP_PREFIX, IPC_PREFIX, ProcessCap
+from autograder.sandbox import CGROUP_PREFIX, IPC_PREFIX, CgroupProcessCap
 from tests.conftest import copy_course, make, read_grades, tree_digest, user_env
 from tests.students import NB1, reference_answers, student_notebook, write_submission
 
 
 def leftovers(scratch, pids):
     """This batch's IPC folders, and cgroups named after one of `pids` (its grading processes)."""
-    groups = [g for root in ProcessCap.ROOTS if root.is_dir() for g in root.glob(f"{CGROUP_PREFIX}*")
+    groups = [g for root in CgroupProcessCap.ROOTS if root.is_dir() for g in root.glob(f"{CGROUP_PREFIX}*")
               if g.name[len(CGROUP_PREFIX):].split("-")[0] in pids]
     return sorted(str(p) for p in scratch.glob(f"{IPC_PREFIX}*")) + sorted(str(g) for g in groups)
 

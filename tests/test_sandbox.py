@@ -1,7 +1,12 @@
 """The sandbox itself: what student code can see, and the refusal to grade when it cannot start."""
 import os
+import subprocess
 import sys
 from pathlib import Path
+
+import pytest
+
+import course_config
 
 from autograder.student import SandboxedStudent
 from tests.conftest import make, tree_digest
@@ -49,3 +54,36 @@ def test_grading_is_refused_when_the_sandbox_cannot_start(course, tmp_path):
     assert "GRADING REFUSED" in result.stderr and "sandbox" in result.stderr
     assert not (course / "grades.csv").exists()
     assert tree_digest(course / "submitted") == before
+
+
+def test_preflight_names_the_process_cap_in_force():
+    from autograder.preflight import preflight
+
+    said = preflight()
+    assert said.startswith("process cap: ") and "a probe in the sandbox was stopped after" in said
+    started = int(said.split("stopped after ")[1].split()[0])
+    assert started < course_config.MAX_PROCESSES
+
+
+def test_grading_is_refused_when_no_process_cap_holds(monkeypatch):
+    """As root without a cgroup there is no cap (root is exempt from RLIMIT_NPROC): the probe's threads
+    are not stopped, and the preflight refuses, unless the course has said it accepts that."""
+    from autograder import preflight, sandbox
+
+    monkeypatch.setattr(sandbox.CgroupProcessCap, "ROOTS", ())
+    if os.geteuid() != 0:  # an ordinary user always has RLIMIT_NPROC in the sandbox's user namespace
+        assert isinstance(sandbox.process_cap(), sandbox.UserNamespaceProcessCap)
+        return
+    assert isinstance(sandbox.process_cap(), sandbox.NoProcessCap)
+    with pytest.raises(sandbox.SandboxUnavailable, match="no process cap holds in the sandbox"):
+        preflight.preflight()
+    monkeypatch.setattr(course_config, "ALLOW_NO_PROCESS_CAP", True)
+    assert preflight.preflight().startswith("process cap: NONE")
+
+
+def test_a_policy_value_of_the_wrong_kind_names_its_variable():
+    for variable, value in (("ATTENTION_SURGEON_MAX_PROCESSES", "lots"), ("ATTENTION_SURGEON_SANDBOX", "maybe"),
+                            ("ATTENTION_SURGEON_ALLOW_NO_PROCESS_CAP", "perhaps")):
+        result = subprocess.run([sys.executable, "-c", "import course_config"], capture_output=True, text=True,
+                                env={**os.environ, variable: value}, cwd=Path(__file__).resolve().parent.parent)
+        assert result.returncode != 0 and f"{variable}={value!r}" in result.stderr, result.stderr

@@ -1,0 +1,82 @@
+"""Before anyone is graded: does the sandbox start here, and which process cap is in force?
+
+Trusted code, run once by every command that grades (`make autograde`, `make autograde-gpu`).
+A sandbox that cannot start must stop the grading with a clear message, not score every
+student 0; a process cap that does not hold must not be found out by a fork bomb.
+"""
+import logging
+
+import course_config
+
+from .sandbox import SandboxUnavailable, process_cap
+from .student import SandboxedStudent, StudentUnresponsive
+
+log = logging.getLogger("attention_surgeon.preflight")
+
+# The probe tries to start this many threads more than MAX_PROCESSES: a cap in force stops it first.
+PROBE_MARGIN = 32
+
+PROBE_CODE = '''
+def ping():
+    return "pong"
+
+def start_threads(most):
+    """Start up to `most` idle threads at once; return how many started before the host said no."""
+    import threading
+    threading.stack_size(64 * 1024)  # small stacks: the probe must not meet the memory cap first
+    stop, started = threading.Event(), []
+    try:
+        for _ in range(most):
+            thread = threading.Thread(target=stop.wait)
+            thread.start()
+            started.append(thread)
+    except RuntimeError:  # "can't start new thread": the process cap
+        pass
+    finally:
+        stop.set()
+        for thread in started:
+            thread.join()
+    return len(started)
+'''
+
+
+def preflight():
+    """Start a worker with no student code, call it, and probe its process cap.
+
+    Returns a sentence naming the process cap in force. Raises SandboxUnavailable if the
+    worker does not answer, or if no cap stopped the probe and course_config does not allow that.
+    """
+    mechanism = process_cap().describe()  # what a sandbox gets here (the probe's own worker gets one too)
+    most = course_config.MAX_PROCESSES + PROBE_MARGIN
+    with SandboxedStudent([PROBE_CODE]) as probe:
+        try:
+            outcome = probe.call("ping")
+            started = probe.call("start_threads", most).value
+        except StudentUnresponsive as err:
+            raise SandboxUnavailable(f"the sandboxed worker does not start on this host: {err}. Grading "
+                                     f"is refused. See course_config.SANDBOX.") from None
+    if outcome.value != "pong":
+        raise SandboxUnavailable(f"the sandboxed worker answered {outcome.value!r} to a ping; grading is refused")
+    if isinstance(started, int) and started < most:
+        return (f"process cap: {mechanism}; a probe in the sandbox was stopped after {started} threads "
+                f"(MAX_PROCESSES = {course_config.MAX_PROCESSES})")
+    if not course_config.ALLOW_NO_PROCESS_CAP:
+        raise SandboxUnavailable(
+            f"no process cap holds in the sandbox on this host (mechanism: {mechanism}; a probe started "
+            f"{started!r} threads, more than MAX_PROCESSES = {course_config.MAX_PROCESSES}), so a fork bomb "
+            f"would run until the memory cap or the time limit. Grading is refused. Run the grader as root "
+            f"(a cgroup), or as an ordinary user whose sandbox has a user namespace (RLIMIT_NPROC), or accept "
+            f"this with ATTENTION_SURGEON_ALLOW_NO_PROCESS_CAP=yes (course_config.ALLOW_NO_PROCESS_CAP).")
+    return (f"process cap: NONE (a probe started {started!r} threads; accepted because "
+            f"course_config.ALLOW_NO_PROCESS_CAP is set)")
+
+
+def refuse_unless_sandbox_works():
+    """For commands that grade: None when the sandbox works (its process cap is logged), else log why
+    and return exit status 2."""
+    try:
+        log.info(preflight())
+    except SandboxUnavailable as err:
+        log.error(f"GRADING REFUSED: {err}")
+        return 2
+    return None

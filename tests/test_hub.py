@@ -1,0 +1,240 @@
+"""The whole course cycle on a real JupyterHub, with the grader account as an ordinary user.
+
+hub/setup.sh prepares the host (accounts, exchange, shared Python, extensions); the hub runs
+on 127.0.0.1 with the real proxy and spawns each account's own server. Then, as on a course:
+the instructor releases through nbgrader; two students fetch and submit through their own
+servers' nbgrader endpoints (the calls the Assignment List makes), with hub tokens; the
+grader account collects and runs `make autograde` (not root: the process cap is
+RLIMIT_NPROC in the sandbox's user namespace); the grader releases feedback; each
+student fetches it and sees only their own.
+"""
+import base64
+import csv
+import os
+import time
+
+import pytest
+
+from tests.conftest import tree_digest
+from tests.grading import check_points, cuda_available, decidable_points, gpu_checks
+from tests.hub_host import ASSIGNMENT, leftover_processes, requires_hub_host, setup_hub, teardown_hub
+from tests.students import NB1, NB2, NB3, NOTEBOOKS, reference_answers, student_notebook
+from tests.test_autograde import NO_SCALE, NO_SCALE_FAILS, WRITTEN_ANSWERS
+
+pytestmark = [requires_hub_host, pytest.mark.hub]
+
+CORRECT, BUGGY = "s1", "s2"  # account names get the hub's tag in front
+
+
+def answers_for(student, name):
+    """What each student writes: all three notebooks right (and Notebook 3's written answers), or a
+    Notebook 1 that forgets to scale by 1/sqrt(d_k) and nothing else."""
+    if student == CORRECT:
+        answers = reference_answers(name)
+        return {**answers, **WRITTEN_ANSWERS} if name == NB3 else answers
+    return reference_answers(NB1) if name == NB1 else None
+
+
+@pytest.fixture(scope="module")
+def cycle():
+    tag = f"hc{os.getpid() % 100000}"
+    hub = setup_hub(tag, students=[f"{tag}-{CORRECT}", f"{tag}-{BUGGY}"])
+    times = {"hub/setup.sh": hub.setup_seconds}
+    try:
+        def timed(step, action, *args, **kw):
+            began = time.monotonic()
+            result = action(*args, **kw)
+            times[step] = times.get(step, 0) + time.monotonic() - began
+            return result
+
+        # The instructor releases (a terminal in the grader's own server would run the same).
+        timed("release", hub.run_as, hub.grader, "make", "release", cwd=hub.course)
+        timed("release", hub.run_as, hub.grader, "nbgrader", "release_assignment", ASSIGNMENT, cwd=hub.course)
+
+        servers = {}
+        for student in hub.students:
+            token = timed("spawn servers", hub.start_server, student)
+            servers[student] = hub.server(student, token)
+        offered = {s: srv.assignments() for s, srv in servers.items()}
+        for student, server in servers.items():
+            timed("fetch and submit", server.action, "fetch")
+            short = student.split("-", 1)[1]
+            for name in NOTEBOOKS:
+                answers = answers_for(short, name)
+                if answers is None:
+                    continue
+                path = f"{ASSIGNMENT}/{name}.ipynb"
+                mutate = (lambda code: code.replace(*NO_SCALE)) if short == BUGGY else None
+                fetched = server.read_notebook(path)
+                server.save_notebook(path, student_notebook(answers, name=name, mutate=mutate, base=fetched))
+            timed("fetch and submit", server.action, "submit")
+
+        timed("collect", hub.run_as, hub.grader, "nbgrader", "collect", ASSIGNMENT, cwd=hub.course)
+        submitted_before = tree_digest(hub.course / "submitted")
+        graded = timed("make autograde", hub.run_as, hub.grader, "make", "autograde", cwd=hub.course)
+        timed("release feedback", hub.run_as, hub.grader, "nbgrader", "release_feedback", ASSIGNMENT,
+              cwd=hub.course)
+        after_feedback = {s: timed("fetch feedback", srv.action, "fetch_feedback") for s, srv in servers.items()}
+        yield {"hub": hub, "servers": servers, "offered": offered, "graded": graded, "times": times,
+               "submitted_before": submitted_before, "after_feedback": after_feedback}
+    finally:
+        teardown_hub(hub)
+        print("hub cycle times (s): " + ", ".join(f"{k} {v:.1f}" for k, v in times.items()))
+
+
+def test_students_see_the_released_assignment(cycle):
+    for student, offered in cycle["offered"].items():
+        assert [a["assignment_id"] for a in offered] == [ASSIGNMENT], offered
+        assert offered[0]["status"] == "released"
+
+
+def test_grader_account_grades_without_root_and_says_which_process_cap_holds(cycle):
+    hub, graded = cycle["hub"], cycle["graded"]
+    owner = hub.course.stat().st_uid
+    assert owner != 0 and (hub.course / "gradebook.db").stat().st_uid == owner
+    log = graded.stdout + graded.stderr
+    assert "process cap: RLIMIT_NPROC = 256 inside the sandbox's user namespace" in log, log[-3000:]
+    assert "graded 2 submission(s)" in log
+
+
+def test_grades_csv_holds_the_exact_scores(cycle):
+    hub = cycle["hub"]
+    with open(hub.course / "grades.csv", newline="") as f:
+        rows = {row["student_id"]: row for row in csv.DictReader(f)}
+    full = {name: sum(decidable_points(name).values()) for name in NOTEBOOKS}
+    correct, buggy = (f"{hub.tag}-{s}" for s in (CORRECT, BUGGY))
+    assert float(rows[correct]["raw_score"]) == sum(full.values())  # written answers wait for a TA
+    assert float(rows[buggy]["raw_score"]) == full[NB1] - sum(check_points()[c] for c in NO_SCALE_FAILS)
+    gpu = sum(check_points()[c] for c in gpu_checks()) if not cuda_available() else 0.0
+    assert float(rows[correct]["pending_points"]) == gpu + 3 * len(WRITTEN_ANSWERS)
+    assert set(filter(None, rows[buggy]["pending"].split(";"))) <= {f"check_{c}" for c in gpu_checks()}
+
+
+def test_submitted_files_are_untouched_by_grading(cycle):
+    assert tree_digest(cycle["hub"].course / "submitted") == cycle["submitted_before"]
+
+
+def test_each_student_fetches_only_their_own_feedback(cycle):
+    hub, servers = cycle["hub"], cycle["servers"]
+    pages = {}
+    for student, server in servers.items():
+        feedback = f"{ASSIGNMENT}/feedback"
+        (timestamp,) = server.listing(feedback)
+        names = server.listing(f"{feedback}/{timestamp}")
+        pages[student] = {n: server.request("GET", f"/files/{feedback}/{timestamp}/{n}").content.decode() for n in names}
+    correct, buggy = (f"{hub.tag}-{s}" for s in (CORRECT, BUGGY))
+    # Notebooks a student left out are graded as unanswered, so each gets a page for every notebook.
+    assert sorted(pages[correct]) == sorted(pages[buggy]) == sorted(f"{n}.html" for n in NOTEBOOKS)
+    # Each page is that student's own: its score is theirs, and only the buggy Notebook 1 fails checks.
+    full = sum(decidable_points(NB1).values())
+    buggy_score = full - sum(check_points()[c] for c in NO_SCALE_FAILS)
+    assert f"(Score: {full:.1f} / " in pages[correct][f"{NB1}.html"]
+    assert f"(Score: {buggy_score:.1f} / " in pages[buggy][f"{NB1}.html"]
+    assert "✗ failed:" not in pages[correct][f"{NB1}.html"]
+    # Each failed check is marked twice: in the page's table of contents and at its own cell.
+    assert pages[buggy][f"{NB1}.html"].count("✗ failed:") == 2 * len(NO_SCALE_FAILS)
+    for student, listing in cycle["after_feedback"].items():
+        (mine,) = listing
+        assert mine["status"] == "submitted" and all(s["has_local_feedback"] for s in mine["submissions"])
+
+
+def test_students_cannot_read_each_other_through_the_exchange(cycle):
+    hub = cycle["hub"]
+    correct, buggy = (f"{hub.tag}-{s}" for s in (CORRECT, BUGGY))
+    course_exchange = hub.exchange / "attention-surgeon"
+    inbound = course_exchange / "inbound"
+    feedback = course_exchange / "feedback"
+    submissions = sorted(p for p in inbound.iterdir())
+    assert len(submissions) == 2 and {p.name.split("+")[0] for p in submissions} == {correct, buggy}
+    # nbgrader's design: inbound/ and feedback/ can be written (submit) and passed through, not listed;
+    # a submission's folder ends in 72 random bits, and a feedback page is named by the hash of the
+    # notebook it grades, so one student cannot find another's. (A student told the exact path of
+    # another's submission could read it: nbgrader makes submissions world-readable inside it.)
+    for folder in (inbound, feedback):
+        result = hub.run_as(buggy, "ls", str(folder), check=False)
+        assert result.returncode != 0 and "Permission denied" in result.stderr, (folder, result)
+    for submission in submissions:
+        student, assignment, timestamp, random_part = submission.name.split("+")
+        assert len(base64.urlsafe_b64decode(random_part)) == 9
+    guesses = [inbound / f"{correct}+{ASSIGNMENT}", inbound / correct, feedback / correct]
+    result = hub.run_as(buggy, "ls", *map(str, guesses), check=False)
+    assert result.returncode != 0 and result.stdout == "", result
+    assert len(list(feedback.iterdir())) == 6  # 3 pages for each student; each fetched only their own 3
+
+
+def test_nothing_is_left_running_but_the_servers(cycle):
+    hub = cycle["hub"]
+    # The grader account runs no server here; after `make autograde` nothing of it may remain.
+    left = leftover_processes(hub)
+    assert hub.grader not in left, left
+    assert "bwrap" not in left and "sandboxed_worker" not in left and "ipykernel" not in left, left
+
+
+# Student code that tries each promise of the sandbox, run by the grader account (not root).
+PROBE = '''
+import os, socket, time
+
+def fork_until_stopped(most):
+    """Fork children that wait; return how many forks succeeded before the host said no."""
+    children = []
+    try:
+        for _ in range(most):
+            pid = os.fork()
+            if pid == 0:
+                time.sleep(60)
+                os._exit(0)
+            children.append(pid)
+    except OSError:
+        pass
+    return len(children)
+
+def connect(port):
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=3)
+        return "connected"
+    except OSError as err:
+        return type(err).__name__
+
+def sees(paths):
+    return [p for p in paths if os.path.exists(p)]
+
+def allocate(gib):
+    try:
+        return len(bytearray(gib << 30))
+    except MemoryError:
+        return "MemoryError"
+'''
+RUN_PROBE = '''
+import json, sys
+from autograder.student import SandboxedStudent
+port, paths = int(sys.argv[1]), sys.argv[2:]
+with SandboxedStudent([open("probe.py").read()]) as student:
+    print(json.dumps({
+        "forks": student.call("fork_until_stopped", 1000).value,
+        "network": student.call("connect", port).value,
+        "sees": student.call("sees", paths).value,
+        "memory": student.call("allocate", 64).value,
+    }))
+'''
+
+
+def test_the_sandbox_holds_for_the_grader_account(cycle, tmp_path):
+    """Fork bomb, network, the course and other homes, memory: as the ordinary grader account."""
+    import json
+
+    hub = cycle["hub"]
+    probe_dir = hub.course / ".probe"
+    hub.run_as(hub.grader, "mkdir", "-p", str(probe_dir))
+    for name, text in (("probe.py", PROBE), ("run_probe.py", RUN_PROBE)):
+        hub.run_as(hub.grader, "tee", str(probe_dir / name), input_text=text)
+    secrets = [str(hub.course / "gradebook.db"), str(hub.course / "autograder"), f"/home/{hub.students[0]}",
+               str(hub.exchange)]
+    result = hub.run_as(hub.grader, "env", f"PYTHONPATH={hub.course}", f"{hub.course}/.venv/bin/python",
+                        "run_probe.py", str(hub.port), *secrets, cwd=probe_dir,
+                        env={"ATTENTION_SURGEON_MAX_PROCESSES": "64"})
+    seen = json.loads(result.stdout.strip().splitlines()[-1])
+    assert 40 <= seen["forks"] < 64, seen  # the worker's own threads count too
+    assert seen["network"] != "connected" and seen["sees"] == [] and seen["memory"] == "MemoryError", seen
+    time.sleep(0.5)
+    left = leftover_processes(hub)
+    assert "sleep" not in left and "worker.py" not in left and hub.grader not in left, left
