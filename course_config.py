@@ -20,6 +20,10 @@ from pathlib import Path
 COURSE_ROOT = Path(__file__).resolve().parent
 COURSE_ID = "attention-surgeon"
 ASSIGNMENT = "attention_surgeon"
+# Notebook 4 is extra credit: an nbgrader assignment of its own, so its points only ever add to a
+# student's grade (grades.csv has a row per student and assignment) and skipping it costs nothing.
+BONUS_ASSIGNMENT = "attention_surgeon_bonus"
+ASSIGNMENTS = (ASSIGNMENT, BONUS_ASSIGNMENT)
 
 # ---------------------------------------------------------------------------
 # Grading policy (the trusted autograder reads these)

@@ -110,3 +110,33 @@ def scaling_statistics(d_k, scaled, seq_len, num_samples, seed):
     return {"max_weight": float(weights.max(dim=-1).values.mean()),
             "entropy": float(-torch.special.xlogy(weights, weights).sum(-1).mean()),
             "grad_magnitude": float(scores.grad.abs().mean())}
+
+
+# ---------------------------------------------------------------------------
+# Notebook 4
+# ---------------------------------------------------------------------------
+def reference_multi_head_attention(x, context, W_q, W_k, W_v, W_o, num_heads, num_kv_heads=None, mask=None):
+    """Multi-head attention in the inputs' dtype by the design's rules: each group of
+    num_heads // num_kv_heads consecutive query heads uses one key/value head (expanded in place)."""
+    num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
+    B, L, d_model = x.shape
+    S, d_head = context.shape[1], d_model // num_heads
+    q = (x @ W_q).reshape(B, L, num_heads, d_head).transpose(1, 2)          # [B, H, L, d]
+    k = (context @ W_k).reshape(B, S, num_kv_heads, d_head).transpose(1, 2)  # [B, H_kv, S, d]
+    v = (context @ W_v).reshape(B, S, num_kv_heads, d_head).transpose(1, 2)
+    group = num_heads // num_kv_heads
+    k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+    out, weights = reference_attention(q, k, v, mask, True)                 # [B, H, L, d], [B, H, L, S]
+    return out.transpose(1, 2).reshape(B, L, d_model) @ W_o, weights
+
+
+def torch_multi_head_attention(x, context, W_q, W_k, W_v, W_o, num_heads):
+    """PyTorch's own torch.nn.MultiheadAttention (no bias) with the same weights, in float64."""
+    d_model = x.shape[-1]
+    module = torch.nn.MultiheadAttention(d_model, num_heads, bias=False, batch_first=True, dtype=torch.float64)
+    with torch.no_grad():  # PyTorch computes x @ W.T: its weights are ours transposed
+        module.in_proj_weight.copy_(torch.cat([W_q.T, W_k.T, W_v.T]).to(torch.float64))
+        module.out_proj.weight.copy_(W_o.T.to(torch.float64))
+        c = context.to(torch.float64)
+        out, weights = module(x.to(torch.float64), c, c, need_weights=True, average_attn_weights=False)
+    return out, weights

@@ -54,9 +54,8 @@ def find_leaks(source_dir, release_dir):
     return leaks
 
 
-def main():
-    started = time.monotonic()
-    assignment = course_config.ASSIGNMENT
+def release(assignment):
+    """release/<assignment> and solutions/<assignment> from source/, then the leak check; True when clean."""
     root = course_config.COURSE_ROOT
     run_nbgrader("generate_assignment", assignment, "--force")
     run_nbgrader("generate_solution", assignment, "--force")
@@ -65,8 +64,15 @@ def main():
         print("RELEASE REFUSED: solution or hidden-check lines in release/:", file=sys.stderr)
         for path, line in leaks:
             print(f"  {path.relative_to(root)}: {line}", file=sys.stderr)
-        return 1
-    print(f"release/{assignment} and solutions/{assignment} are up to date; no leaks "
+    return not leaks
+
+
+def main():
+    started = time.monotonic()
+    for assignment in course_config.ASSIGNMENTS:  # the main assignment, then the bonus (Notebook 4)
+        if not release(assignment):
+            return 1
+    print(f"release/ and solutions/ are up to date for {', '.join(course_config.ASSIGNMENTS)}; no leaks "
           f"({time.monotonic() - started:.1f} s)")
     return 0
 

@@ -241,3 +241,81 @@ def attention_maps(draw, masked_rows=None):
     fraction = draw(st.sampled_from([0.0, 0.3])) if masked_rows is None else masked_rows
     window = draw(st.integers(0, L + 1))
     return MapCase(map_values(seed, (*lead, L, L), fraction), window, seed)
+
+
+# ---------------------------------------------------------------------------
+# Notebook 4: multi-head, grouped-query and cross-attention
+# ---------------------------------------------------------------------------
+@dataclass
+class MultiHeadCase:
+    """Inputs for multi_head_attention(): x, context (x itself for self-attention), the four weights."""
+    x: torch.Tensor
+    context: torch.Tensor
+    W_q: torch.Tensor
+    W_k: torch.Tensor
+    W_v: torch.Tensor
+    W_o: torch.Tensor
+    num_heads: int
+    num_kv_heads: int | None = None
+    mask: torch.Tensor | None = None
+    seed: int = 0
+
+    @property
+    def kv_heads(self):
+        return self.num_heads if self.num_kv_heads is None else self.num_kv_heads
+
+    def args(self):
+        return (self.x, self.context, self.W_q, self.W_k, self.W_v, self.W_o)
+
+    def kwargs(self):
+        return {"num_heads": self.num_heads, "num_kv_heads": self.num_kv_heads, "mask": self.mask}
+
+    def describe(self):
+        context = "x" if self.context is self.x else _shape_text("context", self.context)
+        parts = [_shape_text("x", self.x), context] + [_shape_text(n, getattr(self, n))
+                                                       for n in ("W_q", "W_k", "W_v", "W_o")]
+        parts.append(f"num_heads={self.num_heads}")
+        if self.num_kv_heads is not None:
+            parts.append(f"num_kv_heads={self.num_kv_heads}")
+        if self.mask is not None:
+            parts.append("mask=" + _shape_text(str(self.mask.dtype).replace("torch.", ""), self.mask))
+        return f"multi_head_attention({', '.join(parts)})  (values: seeded normal, seed {self.seed})"
+
+    def __repr__(self):
+        return self.describe()
+
+
+def multi_head_case(batch, L, S, num_heads, d_head, num_kv_heads=None, cross=True, mask=None, seed=0):
+    """A pinned case: weights scaled by 1/sqrt(d_model) so the scores stay of order 1."""
+    d_model = num_heads * d_head
+    kv_width = (num_heads if num_kv_heads is None else num_kv_heads) * d_head
+    x = random_values(seed, (batch, L, d_model))
+    context = random_values(seed + 1, (batch, S, d_model)) if cross else x
+    weights = [random_values(seed + 2 + i, shape, magnitude=d_model ** -0.5) for i, shape in
+               enumerate([(d_model, d_model), (d_model, kv_width), (d_model, kv_width), (d_model, d_model)])]
+    return MultiHeadCase(x, context, *weights, num_heads=num_heads, num_kv_heads=num_kv_heads, mask=mask, seed=seed)
+
+
+@st.composite
+def multi_head_inputs(draw, grouped=False, mask_kind=None):
+    """Self- or cross-attention inputs; with `grouped`, num_kv_heads is a divisor of num_heads (1 = MQA)."""
+    num_heads = draw(st.sampled_from([1, 2, 3, 4, 6]))
+    num_kv_heads = draw(st.sampled_from([k for k in range(1, num_heads + 1) if num_heads % k == 0])) if grouped \
+        else None
+    cross = draw(st.booleans())
+    L = draw(st.integers(1, course_config.MAX_SEQ_LEN))
+    S = draw(st.integers(1, course_config.MAX_SEQ_LEN)) if cross else L
+    case = multi_head_case(draw(st.integers(1, course_config.MAX_BATCH)), L, S, num_heads,
+                           draw(st.integers(1, 4)), num_kv_heads, cross, seed=draw(st.integers(0, 2**31 - 1)))
+    if mask_kind is not None:
+        kind = draw(mask_kind) if isinstance(mask_kind, st.SearchStrategy) else mask_kind
+        case.mask = draw(masks_for((case.x.shape[0], num_heads, L, S), kind))
+    return case
+
+
+@st.composite
+def head_shapes(draw):
+    """[B, L, H*d] inputs for split_heads, with L = 0 and B = 0 allowed: (shape, num_heads)."""
+    num_heads = draw(st.integers(1, 4))
+    return (draw(st.integers(0, course_config.MAX_BATCH)), draw(st.integers(0, course_config.MAX_SEQ_LEN)),
+            num_heads * draw(st.integers(1, 4))), num_heads

@@ -173,6 +173,8 @@ def encode_argument(value, requires_grad=False, device="cpu"):
         spec = describe(value.detach())
         spec.update(requires_grad=bool(requires_grad and value.is_floating_point()), device=device)
         return spec
+    if isinstance(value, torch.Generator):  # only its seed travels: checks pass freshly seeded generators
+        return protocol.encode_generator(value.initial_seed())
     return describe(value)
 
 

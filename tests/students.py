@@ -11,18 +11,21 @@ import nbformat
 
 ROOT = Path(__file__).resolve().parent.parent
 ASSIGNMENT = "attention_surgeon"
+BONUS = "attention_surgeon_bonus"
 NB1 = "01_attention_from_scratch"
 NB2 = "02_seeing_attention"
 NB3 = "03_breaking_attention"
-NOTEBOOKS = (NB1, NB2, NB3)
+NB4 = "04_beyond_one_head"
+NOTEBOOKS = (NB1, NB2, NB3)  # the main assignment
+ASSIGNMENT_OF = {NB1: ASSIGNMENT, NB2: ASSIGNMENT, NB3: ASSIGNMENT, NB4: BONUS}
 
 
 def release_notebook(name=NB1):
-    return nbformat.read(ROOT / "release" / ASSIGNMENT / f"{name}.ipynb", as_version=4)
+    return nbformat.read(ROOT / "release" / ASSIGNMENT_OF[name] / f"{name}.ipynb", as_version=4)
 
 
 def source_notebook(name=NB1):
-    return nbformat.read(ROOT / "source" / ASSIGNMENT / f"{name}.ipynb", as_version=4)
+    return nbformat.read(ROOT / "source" / ASSIGNMENT_OF[name] / f"{name}.ipynb", as_version=4)
 
 
 def strip_solution_markers(source):

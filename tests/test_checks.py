@@ -6,9 +6,9 @@ from autograder.checks import REGISTRY, run_check
 from autograder.pipeline import hidden_check_name
 from autograder.student import InProcessStudent, SandboxedStudent
 from tests.grading import check_points, decidable_points, gpu_checks, grade_checks
-from tests.students import ASSIGNMENT, ROOT, reference_answers, source_notebook, student_notebook
+from tests.students import ASSIGNMENT_OF, ROOT, reference_answers, source_notebook, student_notebook
 
-NOTEBOOKS = sorted(p.stem for p in (ROOT / "source" / ASSIGNMENT).glob("*.ipynb"))
+NOTEBOOKS = sorted(ASSIGNMENT_OF)  # both assignments: the main one and the bonus
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
@@ -189,7 +189,7 @@ def test_a_scratch_cell_may_compare_with_pytorch_but_an_answer_may_not():
     assert verdict.status == "failed" and "scaled_dot_product_attention (in your cell 'attention', line" in verdict.message
 
 
-@pytest.mark.parametrize("name", ["01_attention_from_scratch", "02_seeing_attention", "03_breaking_attention"])
+@pytest.mark.parametrize("name", NOTEBOOKS)
 def test_every_hidden_check_is_shown_first_by_a_public_test(name):
     """No rule is graded before it is shown: each hidden check names (SHOWN_FIRST_BY, beside the checks) the
     public test cells that show its rule, and each of them is a 0-point test cell placed before the check."""

@@ -18,7 +18,7 @@ import pytest
 from tests.conftest import tree_digest
 from tests.grading import check_points, cuda_available, decidable_points, gpu_checks
 from tests.hub_host import ASSIGNMENT, leftover_processes, requires_hub_host, setup_hub, teardown_hub
-from tests.students import NB1, NB2, NB3, NOTEBOOKS, reference_answers, student_notebook
+from tests.students import NB1, NB3, NOTEBOOKS, reference_answers, student_notebook
 from tests.test_autograde import NO_SCALE, NO_SCALE_FAILS, WRITTEN_ANSWERS
 
 pytestmark = [requires_hub_host, pytest.mark.hub]

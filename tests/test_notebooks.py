@@ -4,9 +4,10 @@ import pytest
 from nbclient import NotebookClient
 
 from autograder.release import find_leaks
-from tests.students import ASSIGNMENT, ROOT
+from tests.students import ASSIGNMENT, ASSIGNMENT_OF, ROOT
 
-NOTEBOOKS = sorted(p.stem for p in (ROOT / "source" / ASSIGNMENT).glob("*.ipynb"))
+# Every notebook of both assignments: the main one and the bonus (Notebook 4).
+NOTEBOOKS = sorted(ASSIGNMENT_OF)
 
 
 FIGURES = ROOT / ".figures"  # PNGs of every figure the solutions draw, to look at (git-ignored)
@@ -25,7 +26,7 @@ def execute(path, monkeypatch, allow_errors=False, backend="Agg"):
 @pytest.mark.smoke
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_solution_runs_top_to_bottom_with_every_test_passing(name, monkeypatch):
-    nb = execute(ROOT / "solutions" / ASSIGNMENT / f"{name}.ipynb", monkeypatch,  # raises on any error
+    nb = execute(ROOT / "solutions" / ASSIGNMENT_OF[name] / f"{name}.ipynb", monkeypatch,  # raises on any error
                  backend="module://matplotlib_inline.backend_inline")  # figures become PNG outputs
     save_figures(name, nb)
     checked = [c for c in nb.cells if "hidden_check(" in c.source]
@@ -60,7 +61,7 @@ def save_figures(name, nb):
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_release_runs_until_the_first_stub(name, monkeypatch):
-    path = ROOT / "release" / ASSIGNMENT / f"{name}.ipynb"
+    path = ROOT / "release" / ASSIGNMENT_OF[name] / f"{name}.ipynb"
     nb = execute(path, monkeypatch, allow_errors=True)  # every cell runs; the first error is what a student sees
     errors = [(i, o) for i, c in enumerate(nb.cells) if c.cell_type == "code"
               for o in c.outputs if o.output_type == "error"]
@@ -75,8 +76,9 @@ def test_release_runs_until_the_first_stub(name, monkeypatch):
 @pytest.mark.smoke
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_release_has_no_solution_and_no_hidden_check_code(name):
-    assert find_leaks(ROOT / "source" / ASSIGNMENT, ROOT / "release" / ASSIGNMENT) == []
-    text = (ROOT / "release" / ASSIGNMENT / f"{name}.ipynb").read_text()
+    assignment = ASSIGNMENT_OF[name]
+    assert find_leaks(ROOT / "source" / assignment, ROOT / "release" / assignment) == []
+    text = (ROOT / "release" / assignment / f"{name}.ipynb").read_text()
     for secret in ("BEGIN SOLUTION", "BEGIN HIDDEN TESTS", "hidden_check", "import autograder", "from autograder"):
         assert secret not in text
 

@@ -126,4 +126,4 @@ def _first_line(err):
 
 
 # Importing the check modules registers their checks.
-from . import attention, attention_on_cuda, breaking_attention, seeing_attention  # noqa: E402,F401
+from . import attention, attention_on_cuda, beyond_one_head, breaking_attention, seeing_attention  # noqa: E402,F401

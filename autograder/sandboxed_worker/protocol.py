@@ -36,6 +36,11 @@ class TooLarge(ProtocolError):
         self.count = count
 
 
+def encode_generator(seed):
+    """A freshly seeded torch.Generator as an argument: the worker makes `torch.Generator().manual_seed(seed)`."""
+    return {"kind": "generator", "seed": int(seed)}
+
+
 def encode_array(array, dtype_name, **meta):
     """A numpy array (already in its wire dtype) as a JSON-able dict."""
     wire = np.ascontiguousarray(array, dtype=WIRE_DTYPES[dtype_name])

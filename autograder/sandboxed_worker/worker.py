@@ -151,6 +151,10 @@ def _make_value(spec):
     if isinstance(spec, dict) and spec.get("kind") == "sequence":
         items = [_make_value(s) for s in spec["items"]]
         return tuple(items) if spec.get("type") == "tuple" else items
+    if isinstance(spec, dict) and spec.get("kind") == "generator" and type(spec.get("seed")) is int:
+        import torch
+
+        return torch.Generator().manual_seed(spec["seed"])
     if isinstance(spec, dict) and spec.get("kind") == "scalar":
         value = spec["value"]
         return float(value) if spec.get("float") else value

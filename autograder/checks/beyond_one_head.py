@@ -1,0 +1,259 @@
+"""Hidden checks of Notebook 4 (the bonus assignment): heads, multi-head and grouped-query attention,
+attention dropout (../shared/DESIGN.md section 4, "Notebook 4").
+
+Trusted code. Multi-head attention is compared with PyTorch's own torch.nn.MultiheadAttention
+(same weights, float64) where that module applies, and with an expand-the-KV-heads float64
+reference built on reference_attention everywhere else (grouped queries, masks). Points live
+in the notebook's hidden-check cells.
+"""
+import math
+
+import numpy as np
+import torch
+from hypothesis import example, given
+from hypothesis import strategies as st
+
+from ..reference import reference_attention, reference_multi_head_attention, tolerance_for, torch_multi_head_attention
+from ..strategies import GRADING, fixed_case, head_shapes, multi_head_case, multi_head_inputs, random_values
+from . import CheckFailed, check
+from .expectations import (expect_close, expect_no_error, expect_pair, expect_shape, expect_tensor,
+                           expect_value_error, shape_mentioned)
+
+NOTEBOOK = "04_beyond_one_head"
+
+# The public tests that show each check's rule first (tests/test_checks.py holds the notebook to it).
+SHOWN_FIRST_BY = {
+    "split_merge_heads": ("test_split_merge_heads",),
+    "multi_head_attention_matches_torch": ("test_multi_head_attention",),
+    "grouped_query_attention": ("test_multi_head_attention",),
+    "multi_head_attention_masks": ("test_attention_from_notebook_1", "test_multi_head_attention"),
+    "multi_head_attention_rejects_bad_inputs": ("test_multi_head_attention",),
+    "dropout_off_is_attention": ("test_attention_with_dropout",),
+    "dropout_scales_survivors": ("test_attention_with_dropout",),
+    "dropout_is_seeded_and_checks_p": ("test_attention_with_dropout",),
+}
+FLOAT32 = torch.float32
+
+
+def exactly(got, expected, name, call_text):
+    """A returned tensor equal to `expected` value for value (a view or a copy: no arithmetic involved)."""
+    expect_shape(got, expected.shape, name, call_text)
+    actual = torch.from_numpy(got.array.astype(np.float64))
+    if not torch.equal(actual, expected.to(torch.float64)):
+        where = tuple(int(i) for i in (actual != expected.to(torch.float64)).nonzero()[0])
+        raise CheckFailed(f"{call_text}\n  returned {name}{list(where)} = {actual[where].item():.6g}; expected "
+                          f"{expected[where].item():.6g}")
+
+
+# --- Part A ------------------------------------------------------------------------------------------
+@check("split_merge_heads", NOTEBOOK)
+def split_merge_heads(student):
+    @GRADING
+    @given(shape_and_heads=head_shapes())
+    @example(shape_and_heads=((1, 2, 6), 3))  # the notebook's picture
+    @example(shape_and_heads=((2, 5, 4), 2))  # L is not a multiple of H: a reshape without transpose mixes tokens
+    @example(shape_and_heads=((2, 0, 4), 2))  # an empty sequence
+    def round_trip(shape_and_heads):
+        shape, heads = shape_and_heads
+        x = random_values(sum(shape) + heads, shape)  # [B, L, H*d]
+        call_text = f"split_heads(x{list(shape)}, {heads})"
+        outcome = student.call("split_heads", x, heads)
+        expect_no_error(outcome, call_text)
+        split = expect_tensor(outcome.value, "heads", call_text)
+        B, L, width = shape
+        exactly(split, x.view(B, L, heads, width // heads).transpose(1, 2), "heads", call_text)
+        heads_in = x.view(B, L, heads, width // heads).transpose(1, 2).contiguous()  # [B, H, L, d]
+        call_text = f"merge_heads(heads{list(heads_in.shape)})"
+        outcome = student.call("merge_heads", heads_in)
+        expect_no_error(outcome, call_text)
+        exactly(expect_tensor(outcome.value, "x", call_text), x, "x", call_text)
+
+    round_trip()
+    for shape, heads in (((1, 2, 7), 2), ((2, 3, 6), 4)):
+        call_text = f"split_heads(x{list(shape)}, {heads})"
+        outcome = student.call("split_heads", torch.zeros(shape), heads)
+        expect_value_error(outcome, call_text, f"a last dimension of {shape[-1]} that does not divide into {heads} heads")
+        if not shape_mentioned(outcome.raised[1], shape):
+            raise CheckFailed(f"{call_text}\n  raised ValueError({outcome.raised[1]!r}), which does not name the "
+                              f"shape {list(shape)}")
+
+
+# --- Part B ------------------------------------------------------------------------------------------
+def call_multi_head(student, case):
+    call_text = case.describe()
+    outcome = student.call("multi_head_attention", *case.args(), **case.kwargs())
+    output, weights = expect_pair(outcome, call_text)
+    B, L, d_model = case.x.shape
+    expect_shape(output, (B, L, d_model), "output", call_text)
+    expect_shape(weights, (B, case.num_heads, L, case.context.shape[1]), "weights", call_text)
+    return call_text, output, weights
+
+
+def expect_reference(student, case, against_torch=False):
+    """The student's output and weights against float64 (PyTorch's module, or the expand-the-KV-heads reference)."""
+    call_text, output, weights = call_multi_head(student, case)
+    as64 = [t.to(torch.float64) for t in case.args()]
+    mask = case.mask if case.mask is None or case.mask.dtype == torch.bool else case.mask.to(torch.float64)
+    if against_torch:
+        ref_out, ref_weights = torch_multi_head_attention(*as64, case.num_heads)
+    else:
+        ref_out, ref_weights = reference_multi_head_attention(*as64, case.num_heads, case.num_kv_heads, mask)
+    low_out, low_weights = reference_multi_head_attention(*case.args(), case.num_heads, case.num_kv_heads, case.mask)
+    expect_close(weights, ref_weights, tolerance_for(FLOAT32, ref_weights, low_weights), "weights", call_text)
+    expect_close(output, ref_out, tolerance_for(FLOAT32, ref_out, low_out), "output", call_text)
+
+
+@check("multi_head_attention_matches_torch", NOTEBOOK)
+def multi_head_attention_matches_torch(student):
+    @GRADING
+    @given(case=multi_head_inputs())
+    @example(case=multi_head_case(2, 3, 5, num_heads=2, d_head=4))             # cross-attention, L != S
+    @example(case=multi_head_case(1, 4, 4, num_heads=4, d_head=2, cross=False))  # self-attention
+    @example(case=multi_head_case(2, 3, 3, num_heads=1, d_head=3))             # one head
+    def agrees(case):
+        expect_reference(student, case, against_torch=True)
+
+    agrees()
+
+
+@check("grouped_query_attention", NOTEBOOK)
+def grouped_query_attention(student):
+    @GRADING
+    @given(case=multi_head_inputs(grouped=True))
+    @example(case=multi_head_case(2, 3, 5, num_heads=4, d_head=2, num_kv_heads=1))  # multi-query
+    @example(case=multi_head_case(2, 4, 4, num_heads=6, d_head=2, num_kv_heads=2, cross=False))  # groups of 3
+    @example(case=multi_head_case(1, 3, 2, num_heads=4, d_head=3, num_kv_heads=2))  # groups of 2
+    def agrees(case):
+        expect_reference(student, case)
+
+    agrees()
+
+
+@check("multi_head_attention_masks", NOTEBOOK)
+def multi_head_attention_masks(student):
+    L = 4
+    causal = torch.ones(L, L, dtype=torch.bool).tril()                      # [L, L]
+    padding = torch.tensor([True, True, True, False])                       # [S]: the last key is padding
+    blocked_row = torch.ones(2, 1, L, L, dtype=torch.bool)
+    blocked_row[:, :, 1] = False                                            # row 1 sees nothing
+
+    @GRADING
+    @given(case=multi_head_inputs(grouped=True, mask_kind=st.sampled_from(["bool", "float", "fully_masked_bool"])))
+    @example(case=multi_head_case(2, L, L, num_heads=2, d_head=2, cross=False, mask=causal))
+    @example(case=multi_head_case(2, L, L, num_heads=4, d_head=2, num_kv_heads=2, mask=padding))
+    @example(case=multi_head_case(2, L, L, num_heads=2, d_head=3, mask=blocked_row))
+    @example(case=multi_head_case(1, L, L, num_heads=2, d_head=2, cross=False,
+                                  mask=torch.zeros(L, L).masked_fill(~causal, float("-inf"))))
+    def agrees(case):
+        expect_reference(student, case)
+
+    agrees()
+
+
+@check("multi_head_attention_rejects_bad_inputs", NOTEBOOK)
+def multi_head_attention_rejects_bad_inputs(student):
+    good = multi_head_case(2, 3, 4, num_heads=2, d_head=4)                 # d_model = 8
+    x, context, W_q, W_k, W_v, W_o = good.args()
+    bad_cases = [
+        ("8 features that do not divide into 3 heads", (x, context, W_q, W_k, W_v, W_o), {"num_heads": 3}, x.shape),
+        ("num_heads=2, which does not divide by num_kv_heads=3,", (x, context, W_q, W_k, W_v, W_o),
+         {"num_heads": 2, "num_kv_heads": 3}, x.shape),
+        ("a context of another batch size", (x, context[:1], W_q, W_k, W_v, W_o), {"num_heads": 2},
+         context[:1].shape),
+        ("a context of another width", (x, torch.zeros(2, 4, 6), W_q, W_k, W_v, W_o), {"num_heads": 2}, (2, 4, 6)),
+        ("a W_k of the wrong shape", (x, context, W_q, torch.zeros(8, 6), W_v, W_o), {"num_heads": 2}, (8, 6)),
+        ("a W_o of the wrong shape", (x, context, W_q, W_k, W_v, torch.zeros(6, 8)), {"num_heads": 2}, (6, 8)),
+    ]
+    for what_is_wrong, args, kwargs, shape in bad_cases:
+        call_text = (f"multi_head_attention({', '.join(f'{list(a.shape)}' for a in args)}, "
+                     f"{', '.join(f'{k}={v}' for k, v in kwargs.items())})")
+        outcome = student.call("multi_head_attention", *args, **kwargs)
+        expect_value_error(outcome, call_text, what_is_wrong)
+        if not shape_mentioned(outcome.raised[1], shape):
+            raise CheckFailed(f"{call_text}\n  raised ValueError({outcome.raised[1]!r}), which does not name the "
+                              f"shape {list(shape)} that is wrong")
+
+
+# --- Part C ------------------------------------------------------------------------------------------
+DROPOUT_CASE = fixed_case((4, 16, 8), (4, 16, 8), (4, 16, 8), seed=7)        # [B, L, d]: 1,024 weights
+MASKED_CASE = fixed_case((2, 5, 4), (2, 6, 4), (2, 6, 3), seed=3,
+                         mask=torch.tensor([True, True, False, True, False, True]))
+
+
+def call_dropout(student, case, **options):
+    """Call attention_with_dropout on `case`; return the call as the student would type it, and the outcome."""
+    parts = [f"Q{list(case.Q.shape)}", f"K{list(case.K.shape)}", f"V{list(case.V.shape)}"]
+    if case.mask is not None:
+        parts.append(f"mask={case.mask.tolist()}")
+    parts += [f"{k}={v}" for k, v in options.items() if k != "generator"]
+    if "generator" in options:
+        parts.append(f"generator=torch.Generator().manual_seed({options['generator'].initial_seed()})")
+    call_text = f"attention_with_dropout({', '.join(parts)})  (values: seeded normal, seed {case.seed})"
+    return call_text, student.call("attention_with_dropout", case.Q, case.K, case.V, mask=case.mask, **options)
+
+
+def reference_for(case):
+    as64 = [t.to(torch.float64) for t in (case.Q, case.K, case.V)]
+    return reference_attention(*as64, case.mask, True)
+
+
+@check("dropout_off_is_attention", NOTEBOOK)
+def dropout_off_is_attention(student):
+    for case in (DROPOUT_CASE, MASKED_CASE):
+        ref_out, ref_weights = reference_for(case)
+        for options in ({"p": 0.5, "training": False}, {"p": 0.0, "training": True}, {"p": 0.0, "training": False}):
+            call_text, outcome = call_dropout(student, case, **options)
+            output, weights = expect_pair(outcome, call_text)
+            expect_close(weights, ref_weights, tolerance_for(FLOAT32, ref_weights), "weights", call_text)
+            expect_close(output, ref_out, tolerance_for(FLOAT32, ref_out), "output", call_text)
+        call_text, outcome = call_dropout(student, case, p=1.0, training=True)
+        output, weights = expect_pair(outcome, call_text)
+        exactly(weights, torch.zeros(ref_weights.shape), "weights", call_text + "  (p = 1 drops every weight)")
+        exactly(output, torch.zeros(ref_out.shape), "output", call_text + "  (p = 1 drops every weight)")
+
+
+def binomial_bound(n, p, sigmas=5.0):
+    """How far the kept count may stray from n(1-p): 5 standard deviations (a false alarm every ~3.5 million)."""
+    return sigmas * math.sqrt(n * p * (1 - p))
+
+
+@check("dropout_scales_survivors", NOTEBOOK)
+def dropout_scales_survivors(student):
+    ref_out, ref_weights = reference_for(DROPOUT_CASE)
+    for p, seed in ((0.1, 1), (0.5, 2), (0.9, 3)):
+        call_text, outcome = call_dropout(student, DROPOUT_CASE, p=p, training=True,
+                                          generator=torch.Generator().manual_seed(seed))
+        output, weights = expect_pair(outcome, call_text)
+        expect_shape(weights, ref_weights.shape, "weights", call_text)
+        dropped = torch.from_numpy(weights.array.astype(np.float64))
+        kept = dropped != 0
+        n, n_kept = kept.numel(), int(kept.sum())
+        if abs(n_kept - n * (1 - p)) > binomial_bound(n, p):
+            raise CheckFailed(f"{call_text}\n  kept {n_kept} of {n} weights; with p = {p} about {n * (1 - p):.0f} "
+                              f"(within {binomial_bound(n, p):.0f}) should survive")
+        scaled = ref_weights / (1 - p)
+        tol = tolerance_for(FLOAT32, scaled)
+        expect_close(weights, torch.where(kept, scaled, torch.zeros_like(scaled)), tol,
+                     "weights (a kept weight must be the weight / (1 - p))", call_text)
+        expected_out = torch.where(kept, scaled, torch.zeros_like(scaled)) @ DROPOUT_CASE.V.to(torch.float64)
+        expect_close(output, expected_out, tolerance_for(FLOAT32, expected_out), "output (made from the dropped weights)",
+                     call_text)
+
+
+@check("dropout_is_seeded_and_checks_p", NOTEBOOK)
+def dropout_is_seeded_and_checks_p(student):
+    results = []
+    for seed in (11, 11, 12):
+        call_text, outcome = call_dropout(student, DROPOUT_CASE, p=0.3, training=True,
+                                          generator=torch.Generator().manual_seed(seed))
+        output, weights = expect_pair(outcome, call_text)
+        results.append((call_text, weights.array))
+    if not np.array_equal(results[0][1], results[1][1]):
+        raise CheckFailed(f"{results[0][0]}\n  gave different weights on two calls with the same seed; draw the "
+                          f"random numbers with the generator you are given")
+    if np.array_equal(results[0][1], results[2][1]):
+        raise CheckFailed(f"{results[2][0]}\n  gave the same weights as seed 11; the generator must decide what is "
+                          f"dropped")
+    for p in (-0.1, 1.5):
+        call_text, outcome = call_dropout(student, DROPOUT_CASE, p=p, training=True)
+        expect_value_error(outcome, call_text, f"p = {p}, which is not a probability,")
