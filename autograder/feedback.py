@@ -66,7 +66,8 @@ def write_problem_notes(reports):
     """A short page beside each student's feedback that says what went wrong, if anything did.
     The text is the grader's, but it names the student's files: it is escaped."""
     for report in reports:
-        note = course_config.COURSE_ROOT / "feedback" / report["student"] / course_config.ASSIGNMENT / NOTES_NAME
+        assignment = report.get("assignment", course_config.ASSIGNMENT)
+        note = course_config.COURSE_ROOT / "feedback" / report["student"] / assignment / NOTES_NAME
         if report["problems"]:
             note.parent.mkdir(parents=True, exist_ok=True)
             items = "".join(f"<li>{escape(p)}</li>" for p in report["problems"])
@@ -77,12 +78,20 @@ def write_problem_notes(reports):
             note.unlink()
 
 
-def generate_feedback(quiet=True):
-    """nbgrader's feedback for everyone graded, then the notes; the exit status of nbgrader."""
+def generate_feedback(assignments=None, quiet=True):
+    """nbgrader's feedback for everyone graded in `assignments` (default: those the last `make autograde`
+    graded, else the main one), then the notes; the worst exit status of nbgrader."""
     output = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL} if quiet else {}
-    result = run_nbgrader("generate_feedback", course_config.ASSIGNMENT, "--force", check=False, **output)
-    write_problem_notes(load_reports())
-    return result.returncode
+    reports = load_reports()
+    if assignments is None:
+        graded = {r.get("assignment", course_config.ASSIGNMENT) for r in reports}
+        assignments = [a for a in course_config.ASSIGNMENTS if a in graded] or [course_config.ASSIGNMENT]
+    status = 0
+    for assignment in assignments:
+        result = run_nbgrader("generate_feedback", assignment, "--force", check=False, **output)
+        status = status or result.returncode
+    write_problem_notes(reports)
+    return status
 
 
 if __name__ == "__main__":

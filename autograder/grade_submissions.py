@@ -13,6 +13,8 @@
         | nbgrader generate_feedback, nbgrader export
     feedback/<student>/<assignment>/*.html, grades.csv
 
+Both assignments are graded: the main one and the bonus (Notebook 4), each submission on its own
+(a submission is one student's folder of one assignment), each into its own rows of grades.csv.
 Safe to re-run: each student is regraded from a fresh copy (--force).
 One submission that crashes, hangs or is not even JSON never stops the batch.
 """
@@ -48,13 +50,28 @@ STAGING = ROOT / ".grading"
 @dataclass
 class SubmissionReport:
     student: str
+    assignment: str = ASSIGNMENT
     seconds: float = 0.0
     ok: bool = True
     problems: list = field(default_factory=list)  # shown to the student in their feedback
 
+    @property
+    def key(self):
+        return submission_key(self.assignment, self.student)
 
-def release_notebooks():
-    return sorted((ROOT / "release" / ASSIGNMENT).glob("*.ipynb"))
+
+def submission_key(assignment, student):
+    """One submission, as the shards name it: 'assignment/student' (a folder name holds no '/')."""
+    return f"{assignment}/{student}"
+
+
+def parse_key(key):
+    assignment, _, student = key.partition("/")
+    return assignment, student
+
+
+def release_notebooks(assignment=ASSIGNMENT):
+    return sorted((ROOT / "release" / assignment).glob("*.ipynb"))
 
 
 def read_problem(nb):
@@ -75,19 +92,19 @@ def role(cell):
     return (cell.cell_type, is_grade(cell), is_solution(cell), is_locked(cell), is_task(cell))
 
 
-def source_grade_cells(name):
+def source_grade_cells(name, assignment=ASSIGNMENT):
     """{grade_id: cell} of the instructor's notebook `name`: what each grade id must be."""
-    nb = nbformat.read(ROOT / "source" / ASSIGNMENT / name, as_version=4)
+    nb = nbformat.read(ROOT / "source" / assignment / name, as_version=4)
     return {c.metadata["nbgrader"]["grade_id"]: c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade_id")}
 
 
-def repair_grade_ids(nb, name):
+def repair_grade_ids(nb, name, assignment=ASSIGNMENT):
     """Cells whose nbgrader metadata nbgrader 0.9 cannot grade (it crashes, and every notebook scores 0):
     a grade id that is not the assignment's, a second cell with the same id, a cell whose role was
     changed (a hidden-check cell turned into a solution cell). Each grade id keeps one cell, the first
     whose role is the instructor's (else the first, given its role back); every other claim becomes an
     ordinary cell. Returns the notes for the student."""
-    expected = source_grade_cells(name)
+    expected = source_grade_cells(name, assignment)
     claims = {}
     problems = []
     for cell in nb.cells:
@@ -183,7 +200,7 @@ class StagingBudget:
                 f"Submit only the notebooks and the files they need.")
 
 
-def stage_notebook(path, name, budget):
+def stage_notebook(path, name, budget, assignment=ASSIGNMENT):
     """The notebook to grade as `name` (outputs cleared, grade ids repaired) and notes; None when it
     cannot be used (the caller stages the blank release version instead)."""
     size = path.stat().st_size
@@ -199,29 +216,29 @@ def stage_notebook(path, name, budget):
     if problem:
         return None, [f"{name} could not be read ({problem}); it was graded as an unanswered notebook."]
     clear_outputs(nb)
-    notes = repair_grade_ids(nb, name)
+    notes = repair_grade_ids(nb, name, assignment)
     text = nbformat.writes(nb)
     if not budget.take(path, len(text.encode())):
         return None, []  # the budget's note says so
     return text, notes
 
 
-def stage(student):
+def stage(student, assignment=ASSIGNMENT):
     """Copy one submission into .grading/: its notebooks (under their release names, outputs cleared,
     grade ids repaired), then its other files, within the limits. What could not be used is replaced
     by the blank release version, and the reason is kept for the student's grading notes."""
-    report = SubmissionReport(student)
-    source = ROOT / "submitted" / student / ASSIGNMENT
-    target = STAGING / "submitted" / student / ASSIGNMENT
+    report = SubmissionReport(student, assignment)
+    source = ROOT / "submitted" / student / assignment
+    target = STAGING / "submitted" / student / assignment
     shutil.rmtree(target, ignore_errors=True)
     target.mkdir(parents=True)
     files = [p for p in sorted(source.iterdir()) if p.is_file() and not p.is_symlink()]
-    released = {r.name: r for r in release_notebooks()}
+    released = {r.name: r for r in release_notebooks(assignment)}
     chosen, notes = pick_notebooks([p for p in files if p.suffix == ".ipynb"], released)
     report.problems += notes
     budget = StagingBudget()
     for name, release in released.items():
-        text, notes = stage_notebook(chosen[name], name, budget) if chosen.get(name) else (None, [])
+        text, notes = stage_notebook(chosen[name], name, budget, assignment) if chosen.get(name) else (None, [])
         report.problems += notes
         if text is None:
             shutil.copyfile(release, target / name)  # graded as blank: every answer scores 0
@@ -237,30 +254,31 @@ def stage(student):
     return report
 
 
-def grade_shard(students):
-    """In this process: nbgrader's autograde for each student, each on its own clock.
-    Writes one JSON line when a student starts and one with the result when they are done."""
+def grade_shard(keys):
+    """In this process: nbgrader's autograde for each submission ('assignment/student'), each on its own
+    clock. Writes one JSON line when a submission starts and one with the result when it is done."""
     from nbgrader.apps import NbGraderAPI
 
     config = course_config.c.copy()
     config.CourseDirectory.submitted_directory = str(STAGING / "submitted")
     api = NbGraderAPI(config=config)
-    for student in students:
-        print(json.dumps({"started": student}), flush=True)
+    for key in keys:
+        assignment, student = parse_key(key)
+        print(json.dumps({"started": key}), flush=True)
         time_budget.start_submission()
         started = time.monotonic()
-        result = api.autograde(ASSIGNMENT, student, force=True, create=True)
-        log = (STAGING / "logs" / f"{student}.log")
+        result = api.autograde(assignment, student, force=True, create=True)
+        log = STAGING / "logs" / (f"{student}.log" if assignment == ASSIGNMENT else f"{student}-{assignment}.log")
         log.parent.mkdir(parents=True, exist_ok=True)
         log.write_text((result.get("log") or "") + "\n" + (result.get("error") or ""))
-        print(json.dumps({"student": student, "ok": bool(result["success"]),
+        print(json.dumps({"student": key, "ok": bool(result["success"]),
                           "seconds": time.monotonic() - started}), flush=True)
 
 
 @dataclass
-class ShardResult:
-    done: dict = field(default_factory=dict)  # student -> (ok, seconds)
-    stopped: dict = field(default_factory=dict)  # student -> seconds: used their whole limit, stopped for good
+class ShardResult:  # keyed by submission ('assignment/student')
+    done: dict = field(default_factory=dict)  # submission -> (ok, seconds)
+    stopped: dict = field(default_factory=dict)  # submission -> seconds: used its whole limit, stopped for good
 
 
 def _lines(process, deadline):
@@ -337,10 +355,12 @@ def _stop(process):
     process.stdout.close()
 
 
-def autograde_all(students):
-    """Grade everyone, one shard per core. A student whose shard died under them is regraded alone,
-    once; a student who used their whole time limit is not (a second try would only double it)."""
-    reports = {s: stage(s) for s in students}
+def autograde_all(submissions):
+    """Grade every submission [(assignment, student)], one shard per core. A submission whose shard died
+    under it is regraded alone, once; one that used its whole time limit is not (a second try would only
+    double it)."""
+    reports = {submission_key(a, s): stage(s, a) for a, s in submissions}
+    students = list(reports)  # the shards' names for the submissions
     shutil.rmtree(FLAGS, ignore_errors=True)  # this batch's flags only
     (STAGING / "logs").mkdir(parents=True, exist_ok=True)
     parallel = course_config.GRADING_PARALLELISM
@@ -354,7 +374,7 @@ def autograde_all(students):
         for result in pool.map(run_shard, [[s] for s in crashed], [f"alone-{s}" for s in crashed]):
             done.update(result.done)
             stopped.update(result.stopped)
-    for student, report in reports.items():
+    for student, report in reports.items():  # student: the submission's key
         ok, seconds = done.get(student, (False, stopped.get(student, 0.0)))
         report.ok, report.seconds = ok, seconds
         if student in stopped:
@@ -369,19 +389,26 @@ def autograde_all(students):
     return [reports[s] for s in students]
 
 
-def students():
+def students(assignment=ASSIGNMENT):
     submitted = ROOT / "submitted"
     if not submitted.is_dir():
         return []
-    return sorted(p.name for p in submitted.iterdir() if (p / ASSIGNMENT).is_dir() and not p.name.startswith("."))
+    return sorted(p.name for p in submitted.iterdir() if (p / assignment).is_dir() and not p.name.startswith("."))
+
+
+def submissions():
+    """[(assignment, student)] for every submitted/<student>/<assignment>/ of the course's assignments."""
+    return [(assignment, student) for assignment in course_config.ASSIGNMENTS for student in students(assignment)]
 
 
 def main():
     started = time.monotonic()
-    everyone = students()
+    everyone = submissions()
     if not everyone:
-        print(f"nothing to grade: no submitted/<student>/{ASSIGNMENT}/ folders")
+        print(f"nothing to grade: no submitted/<student>/<assignment>/ folders for "
+              f"{', '.join(course_config.ASSIGNMENTS)}")
         return 0
+    assignments = sorted({assignment for assignment, _ in everyone}, key=course_config.ASSIGNMENTS.index)
     swept = sweep_leftovers()
     if swept:
         print(f"removed {swept} leftover sandbox folder(s) and cgroup(s) of an earlier, interrupted batch")
@@ -390,19 +417,20 @@ def main():
         # the gradebook learns the assignment (its cells, points, checksums) from source/.
         (STAGING / "logs").mkdir(parents=True, exist_ok=True)
         with open(STAGING / "logs" / "generate_assignment.log", "wb") as log:  # nbgrader's chatter stays here
-            run_nbgrader("generate_assignment", ASSIGNMENT, "--force",
-                         f"--CourseDirectory.release_directory={STAGING / 'release'}", stdout=log, stderr=log)
+            for assignment in assignments:
+                run_nbgrader("generate_assignment", assignment, "--force",
+                             f"--CourseDirectory.release_directory={STAGING / 'release'}", stdout=log, stderr=log)
         refused = sandbox_works.result()
     if refused:
         return refused
     reports = autograde_all(everyone)
     save_reports([asdict(r) for r in reports])
-    generate_feedback()
+    generate_feedback(assignments)
     run_nbgrader("export", "--to=grades.csv", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     elapsed = time.monotonic() - started
     for r in reports:
         status = "ok" if r.ok else "NOT FINISHED"
-        print(f"  {r.student:24s} {status:12s} {r.seconds:6.1f} s  {' '.join(r.problems)}")
+        print(f"  {r.student:24s} {r.assignment:24s} {status:12s} {r.seconds:6.1f} s  {' '.join(r.problems)}")
     for flags in sorted(FLAGS.glob("*.txt")) if FLAGS.is_dir() else []:
         for line in flags.read_text().splitlines():
             print(f"  FLAGGED for a TA: {flags.stem}: {line}")

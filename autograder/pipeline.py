@@ -87,7 +87,7 @@ def is_unanswered(nb, resources):
     the kernel and the worker."""
     info = resources.setdefault("nbgrader", {})
     if "unanswered" not in info:
-        release = (course_config.COURSE_ROOT / "release" / course_config.ASSIGNMENT /
+        release = (course_config.COURSE_ROOT / "release" / info.get("assignment", course_config.ASSIGNMENT) /
                    f"{info.get('notebook', '')}.ipynb")
         try:
             released = nbformat.read(release, as_version=4)

@@ -57,10 +57,15 @@ def make(course_root, *targets, timeout=900, check=True, env=None):
     return result
 
 
-def read_grades(course_root):
-    """grades.csv -> {student: raw score}."""
+def grade_rows(course_root, assignment="attention_surgeon"):
+    """grades.csv -> {student: row} for one assignment (the main one unless told; the bonus has rows of its own)."""
     with open(Path(course_root) / "grades.csv", newline="") as f:
-        return {row["student_id"]: float(row["raw_score"]) for row in csv.DictReader(f)}
+        return {row["student_id"]: row for row in csv.DictReader(f) if row["assignment"] == assignment}
+
+
+def read_grades(course_root, assignment="attention_surgeon"):
+    """grades.csv -> {student: raw score} for one assignment."""
+    return {student: float(row["raw_score"]) for student, row in grade_rows(course_root, assignment).items()}
 
 
 def tree_digest(folder):

@@ -63,9 +63,9 @@ def student_notebook(answers=None, name=NB1, mutate=None, extra_cells=(), base=N
     return nb
 
 
-def write_submission(course_root, student, notebooks):
+def write_submission(course_root, student, notebooks, assignment=ASSIGNMENT):
     """notebooks: {notebook name: NotebookNode or raw str/bytes} -> submitted/<student>/<assignment>/."""
-    folder = Path(course_root) / "submitted" / student / ASSIGNMENT
+    folder = Path(course_root) / "submitted" / student / assignment
     folder.mkdir(parents=True, exist_ok=True)
     for name, nb in notebooks.items():
         path = folder / f"{name}.ipynb"

@@ -11,9 +11,10 @@ from html import unescape
 import pytest
 from nbgrader.api import Gradebook
 
-from tests.conftest import copy_course, make, read_grades, tree_digest
+from tests.conftest import copy_course, grade_rows, make, read_grades, tree_digest
 from tests.grading import check_points, cuda_available, decidable_points, gpu_checks
-from tests.students import NB1, NB2, NB3, NOTEBOOKS, reference_answers, student_notebook, write_submission
+from tests.students import (BONUS, NB1, NB2, NB3, NB4, NOTEBOOKS, reference_answers, student_notebook,
+                            write_submission)
 
 NO_SCALE = ("scores = scores / math.sqrt(Q.shape[-1])", "scores = scores")
 CHEAT_PATCHES = """
@@ -80,6 +81,8 @@ def graded_course(tmp_path_factory):
         folder = write_submission(root, student, notebooks)
         if student == "oversized":
             add_clutter(folder)
+    # The bonus (Notebook 4): one student does it; everyone else skips it.
+    write_submission(root, "correct", {NB4: student_notebook(reference_answers(NB4), name=NB4)}, assignment=BONUS)
     before = tree_digest(root / "submitted")
     first = make(root, "autograde", env=STAGING_LIMITS)
     return root, before, first
@@ -97,6 +100,19 @@ def test_grades_csv_holds_the_expected_scores(graded_course):
         "patches_comparisons": no_scale,  # patching comparisons changes nothing: no_scale's score exactly
         "oversized": full[NB1],  # its notebook is staged first; the clutter is left out
     }
+
+
+def test_the_bonus_is_graded_apart_and_skipping_it_costs_nothing(graded_course):
+    """Notebook 4 is its own assignment: its rows of grades.csv hold its points; the main rows (checked
+    exactly in test_grades_csv_holds_the_expected_scores) are the same whether a student did it or not."""
+    root, _, _ = graded_course
+    bonus = read_grades(root, BONUS)
+    assert bonus["correct"] == sum(decidable_points(NB4).values()) > 0
+    assert {student: score for student, score in bonus.items() if student != "correct"} == {
+        student: 0.0 for student in read_grades(root) if student != "correct"}
+    page = (root / "feedback" / "correct" / BONUS / f"{NB4}.html").read_text()
+    assert f"(Score: {bonus['correct']:.1f} / " in page
+    assert not (root / "feedback" / "no_scale" / BONUS).exists()  # nothing was submitted, nothing graded
 
 
 def test_written_answers_wait_for_a_ta_in_the_gradebook(graded_course):
@@ -149,11 +165,8 @@ def test_gpu_checks_are_pending_without_cuda(graded_course):
 
 def test_grades_csv_says_what_is_pending(graded_course):
     """Before: max_score 124 and no marker. Now pending_points and the pending grade ids."""
-    import csv
-
     root, _, _ = graded_course
-    with open(root / "grades.csv", newline="") as f:
-        rows = {row["student_id"]: row for row in csv.DictReader(f)}
+    rows = grade_rows(root)
     gpu = {f"check_{c}" for c in gpu_checks()} if not cuda_available() else set()
     gpu_points = sum(check_points()[c] for c in gpu_checks()) if not cuda_available() else 0.0
     correct = rows["correct"]

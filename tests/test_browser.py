@@ -8,7 +8,6 @@ autograded score, and Notebook 3's written answers waiting for manual grading.
 Screenshots of each screen go to .figures/hub/ for people to look at. Assertions are on what
 the pages say; waits are for text to appear, never fixed sleeps.
 """
-import csv
 import os
 import re
 import shutil
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import grade_rows
 from tests.grading import cuda_available
 from tests.hub_host import ASSIGNMENT, requires_hub_host, setup_hub, teardown_hub
 from tests.students import NB1, NB3, reference_answers, strip_solution_markers, source_notebook, student_notebook
@@ -158,8 +158,7 @@ def student_works(hub, page):
 
     hub.run_as(hub.grader, "nbgrader", "collect", ASSIGNMENT, cwd=hub.course)
     hub.run_as(hub.grader, "make", "autograde", cwd=hub.course)
-    with open(hub.course / "grades.csv", newline="") as f:
-        grades = {row["student_id"]: row for row in csv.DictReader(f)}
+    grades = grade_rows(hub.course)
     return {"validate": validate_text, "grades": grades, "inbound": sorted(
         p.name for p in (hub.exchange / "attention-surgeon" / "inbound").iterdir())}
 

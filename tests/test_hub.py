@@ -9,13 +9,12 @@ RLIMIT_NPROC in the sandbox's user namespace); the grader releases feedback; eac
 student fetches it and sees only their own.
 """
 import base64
-import csv
 import os
 import time
 
 import pytest
 
-from tests.conftest import tree_digest
+from tests.conftest import grade_rows, tree_digest
 from tests.grading import check_points, cuda_available, decidable_points, gpu_checks
 from tests.hub_host import ASSIGNMENT, leftover_processes, requires_hub_host, setup_hub, teardown_hub
 from tests.students import NB1, NB3, NOTEBOOKS, reference_answers, student_notebook
@@ -99,8 +98,7 @@ def test_grader_account_grades_without_root_and_says_which_process_cap_holds(cyc
 
 def test_grades_csv_holds_the_exact_scores(cycle):
     hub = cycle["hub"]
-    with open(hub.course / "grades.csv", newline="") as f:
-        rows = {row["student_id"]: row for row in csv.DictReader(f)}
+    rows = grade_rows(hub.course)
     full = {name: sum(decidable_points(name).values()) for name in NOTEBOOKS}
     correct, buggy = (f"{hub.tag}-{s}" for s in (CORRECT, BUGGY))
     assert float(rows[correct]["raw_score"]) == sum(full.values())  # written answers wait for a TA
