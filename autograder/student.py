@@ -68,6 +68,7 @@ class Outcome:
     backward_raised: tuple | None = None
     inputs_modified: list = field(default_factory=list)
     fused: list = field(default_factory=list)
+    largest_tensor: int | None = None  # with trace=True: the most elements any op's result held (its storage)
 
 
 def decode_value(spec):
@@ -190,6 +191,7 @@ def _decode_outcome(reply):
         backward_raised=(str(backward["type"]), str(backward["message"])) if backward else None,
         inputs_modified=[bool(m) for m in reply.get("inputs_modified", [])],
         fused=[str(f) for f in reply.get("fused", [])],
+        largest_tensor=reply["largest_tensor"] if type(reply.get("largest_tensor")) is int else None,
     )
 
 

@@ -18,8 +18,81 @@ CHECKS = {
     "attention_with_dropout": ["dropout_off_is_attention", "dropout_scales_survivors",
                                "dropout_is_seeded_and_checks_p"],
 }
+TILED_CHECKS = ["tiled_attention_matches_attention", "tiled_attention_edge_cases", "tiled_attention_stays_within_its_blocks"]
+LOCAL_CHECKS = ["local_attention_matches_banded_attention", "local_attention_stays_within_its_band"]
+CHECKS["tiled_attention"] = TILED_CHECKS
+CHECKS["local_attention"] = LOCAL_CHECKS
 # attention() pasted from Notebook 1 is graded through the functions built on it.
 CHECKS["attention_from_notebook_1"] = MHA_CHECKS + CHECKS["attention_with_dropout"]
+
+FULL_MATRIX_TILED = '''
+def tiled_attention(Q, K, V, mask=None, scale=True, block_size=32):
+    """Right answer, no tiles: attention()'s whole [L, S] matrix."""
+    if block_size < 1:
+        raise ValueError(f"block_size = {block_size} must be at least 1")
+    return attention(Q, K, V, mask=mask, scale=scale)[0]
+'''
+
+FULL_MATRIX_LOCAL = '''
+def local_attention(Q, K, V, window, scale=True):
+    """Right answer through the full [L, L] matrix and a band mask."""
+    if Q.shape[-2] != K.shape[-2] or window < 0:
+        raise ValueError(f"Q {list(Q.shape)} and K {list(K.shape)} need the same L, and window >= 0")
+    positions = torch.arange(Q.shape[-2])
+    band = (positions[:, None] - positions[None, :]).abs() <= window
+    return attention(Q, K, V, mask=band, scale=scale)[0]
+'''
+
+LOOPED_TILED = '''
+def tiled_attention(Q, K, V, mask=None, scale=True, block_size=32):
+    """Explicit loops over query rows and key blocks; log-sum-exp kept per row."""
+    if Q.shape[-1] == 0 or Q.shape[-1] != K.shape[-1] or K.shape[-2] != V.shape[-2]:
+        raise ValueError(f"bad shapes Q {list(Q.shape)}, K {list(K.shape)}, V {list(V.shape)}")
+    if block_size < 1:
+        raise ValueError(f"block_size {block_size} < 1")
+    lead = torch.broadcast_shapes(Q.shape[:-2], K.shape[:-2])
+    Q, K, V = Q.expand(*lead, *Q.shape[-2:]), K.expand(*lead, *K.shape[-2:]), V.expand(*lead, *V.shape[-2:])
+    L, S = Q.shape[-2], K.shape[-2]
+    if mask is not None:
+        mask = mask.expand(*lead, L, S)
+    rows = []
+    for i in range(L):
+        m = torch.full(lead, float("-inf"))
+        total = torch.zeros(lead)
+        acc = torch.zeros(*lead, V.shape[-1])
+        for j0 in range(0, S, block_size):
+            k, v = K[..., j0:j0 + block_size, :], V[..., j0:j0 + block_size, :]
+            s = (k @ Q[..., i, :].unsqueeze(-1)).squeeze(-1) * (Q.shape[-1] ** -0.5 if scale else 1.0)
+            if mask is not None:
+                piece = mask[..., i, j0:j0 + block_size]
+                s = s.masked_fill(~piece, float("-inf")) if piece.dtype == torch.bool else s + piece
+            m_new = torch.maximum(m, s.max(dim=-1).values)
+            base = torch.where(torch.isinf(m_new), torch.zeros_like(m_new), m_new)
+            w = torch.exp(s - base.unsqueeze(-1))
+            total = total * torch.exp(m - base) + w.sum(-1)
+            acc = acc * torch.exp(m - base).unsqueeze(-1) + (w.unsqueeze(-1) * v).sum(-2)
+            m = m_new
+        rows.append(torch.where(total.unsqueeze(-1) > 0, acc / total.clamp_min(1e-30).unsqueeze(-1), 0.0))
+    return torch.stack(rows, dim=-2) if rows else torch.zeros(*lead, 0, V.shape[-1])
+'''
+
+ROW_BY_ROW_LOCAL = '''
+def local_attention(Q, K, V, window, scale=True):
+    """One query row at a time, each with its slice of keys."""
+    L = Q.shape[-2]
+    if K.shape[-2] != L or V.shape[-2] != L or Q.shape[-1] != K.shape[-1] or Q.shape[-1] == 0:
+        raise ValueError(f"Q {list(Q.shape)}, K {list(K.shape)}, V {list(V.shape)}: L must match")
+    if window < 0:
+        raise ValueError(f"window {window} < 0")
+    out = []
+    for i in range(L):
+        lo, hi = max(0, i - window), min(L, i + window + 1)
+        s = Q[..., i:i + 1, :] @ K[..., lo:hi, :].transpose(-2, -1)
+        if scale:
+            s = s / math.sqrt(Q.shape[-1])
+        out.append(torch.softmax(s, dim=-1) @ V[..., lo:hi, :])
+    return torch.cat(out, dim=-2)
+'''
 
 MUTANTS = {
     # split_heads / merge_heads
@@ -61,6 +134,26 @@ MUTANTS = {
         "attention_with_dropout", "return weights @ V, weights", "return out, weights")),
     "generator ignored": ("attention_with_dropout", replace_in(
         "attention_with_dropout", "generator=generator, device", "device")),
+    # tiled_attention
+    "tiled version that builds the full matrix": ("tiled_attention", rewrite("tiled_attention", FULL_MATRIX_TILED)),
+    "online softmax that does not rescale the running output": ("tiled_attention", replace_in(
+        "tiled_attention", "output = output * shrink + p @ V", "output = output + p @ V")),
+    "online softmax that does not rescale the running sum": ("tiled_attention", replace_in(
+        "tiled_attention", "running_sum = running_sum * shrink + p.sum", "running_sum = running_sum + p.sum")),
+    "blocks that skip the last key of each": ("tiled_attention", replace_in(
+        "tiled_attention", "stop = min(start + block_size, S)", "stop = min(start + block_size - 1, S)")),
+    "fully masked rows give NaN": ("tiled_attention", replace_in(
+        "tiled_attention", "safe_max = new_max.masked_fill(torch.isneginf(new_max), 0.0)", "safe_max = new_max")),
+    # local_attention
+    "off-by-one window (|i - j| < window)": ("local_attention", replace_in(
+        "local_attention", "L, width = Q.shape[-2], 2 * window + 1", "L, width = Q.shape[-2], 2 * window + 1\n"
+        "    window, width = max(window - 1, 0), max(2 * window - 1, 1)")),
+    "padding rows attended as keys": ("local_attention", replace_in(
+        "local_attention", "scores = scores.masked_fill((key_index < 0) | (key_index >= L), NEG_INF)", "pass")),
+    "local attention through the full band-masked matrix": ("local_attention", rewrite(
+        "local_attention", FULL_MATRIX_LOCAL)),
+    "local attention without the scale": ("local_attention", replace_in(
+        "local_attention", "scores = scores / math.sqrt(Q.shape[-1])", "pass")),
     # attention() pasted from Notebook 1
     "pasted attention() forgets the scale": ("attention_from_notebook_1", replace_in(
         "attention_from_notebook_1", "scores = scores / math.sqrt(Q.shape[-1])", "pass")),
@@ -147,6 +240,8 @@ CORRECT_VARIANTS = {
     "a loop over heads": ("multi_head_attention", rewrite("multi_head_attention", HEAD_BY_HEAD_MHA)),
     "heads by unflatten and permute": ("split_merge_heads", rewrite("split_merge_heads", UNFLATTEN_HEADS)),
     "dropout by torch.bernoulli": ("attention_with_dropout", rewrite("attention_with_dropout", BERNOULLI_DROPOUT)),
+    "tiled attention with explicit loops": ("tiled_attention", rewrite("tiled_attention", LOOPED_TILED)),
+    "local attention row by row": ("local_attention", rewrite("local_attention", ROW_BY_ROW_LOCAL)),
 }
 
 
@@ -170,5 +265,6 @@ def test_correct_variant_gets_full_marks(variant):
 
 def test_every_graded_function_has_four_mutants_and_its_checks_are_the_notebooks():
     assert sorted({c for checks in CHECKS.values() for c in checks}) == sorted(check_points(NB4))
-    for cell in ("split_merge_heads", "multi_head_attention", "attention_with_dropout"):
+    for cell in ("split_merge_heads", "multi_head_attention", "attention_with_dropout", "tiled_attention",
+                 "local_attention"):
         assert sum(c == cell for c, _ in MUTANTS.values()) >= 4, cell

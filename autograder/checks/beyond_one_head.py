@@ -1,5 +1,5 @@
 """Hidden checks of Notebook 4 (the bonus assignment): heads, multi-head and grouped-query attention,
-attention dropout (../shared/DESIGN.md section 4, "Notebook 4").
+attention dropout, tiled and local attention (../shared/DESIGN.md section 4, "Notebook 4").
 
 Trusted code. Multi-head attention is compared with PyTorch's own torch.nn.MultiheadAttention
 (same weights, float64) where that module applies, and with an expand-the-KV-heads float64
@@ -13,8 +13,11 @@ import torch
 from hypothesis import example, given
 from hypothesis import strategies as st
 
+import course_config
+
 from ..reference import reference_attention, reference_multi_head_attention, tolerance_for, torch_multi_head_attention
-from ..strategies import GRADING, fixed_case, head_shapes, multi_head_case, multi_head_inputs, random_values
+from ..strategies import (GRADING, attention_inputs, fixed_case, head_shapes, multi_head_case, multi_head_inputs,
+                          random_values)
 from . import CheckFailed, check
 from .expectations import (expect_close, expect_no_error, expect_pair, expect_shape, expect_tensor,
                            expect_value_error, shape_mentioned)
@@ -31,6 +34,11 @@ SHOWN_FIRST_BY = {
     "dropout_off_is_attention": ("test_attention_with_dropout",),
     "dropout_scales_survivors": ("test_attention_with_dropout",),
     "dropout_is_seeded_and_checks_p": ("test_attention_with_dropout",),
+    "tiled_attention_matches_attention": ("test_tiled_attention",),
+    "tiled_attention_edge_cases": ("test_attention_from_notebook_1", "test_tiled_attention"),
+    "tiled_attention_stays_within_its_blocks": ("test_tiled_attention",),
+    "local_attention_matches_banded_attention": ("test_local_attention",),
+    "local_attention_stays_within_its_band": ("test_local_attention",),
 }
 FLOAT32 = torch.float32
 
@@ -257,3 +265,151 @@ def dropout_is_seeded_and_checks_p(student):
     for p in (-0.1, 1.5):
         call_text, outcome = call_dropout(student, DROPOUT_CASE, p=p, training=True)
         expect_value_error(outcome, call_text, f"p = {p}, which is not a probability,")
+
+
+# --- Part D: tiled attention -------------------------------------------------------------------------
+def tiled_call_text(case, block_size):
+    return case.describe().replace("attention(", "tiled_attention(", 1).replace(
+        ")  ", f", block_size={block_size})  ", 1)
+
+
+def expect_attention_output(student, function, case, call_text, **options):
+    """`function`'s output on `case` agrees with the float64 reference of attention()."""
+    outcome = student.call(function, case.Q, case.K, case.V, mask=case.mask, scale=case.scale, **options)
+    expect_no_error(outcome, call_text)
+    output = expect_tensor(outcome.value, "output", call_text)
+    as64 = [t.to(torch.float64) for t in (case.Q, case.K, case.V)]
+    mask = case.mask if case.mask is None or case.mask.dtype == torch.bool else case.mask.to(torch.float64)
+    expected, _ = reference_attention(*as64, mask, case.scale)
+    low, _ = reference_attention(case.Q, case.K, case.V, case.mask, case.scale)
+    expect_close(output, expected, tolerance_for(FLOAT32, expected, low), "output", call_text)
+
+
+@st.composite
+def tiled_inputs(draw):
+    """attention()'s inputs (maybe a bool or float mask) and a block size from 1 to past S."""
+    kind = draw(st.sampled_from([None, "bool", "float"]))
+    case = draw(attention_inputs(mask_kind=kind))
+    return case, draw(st.integers(1, case.K.shape[-2] + 2))
+
+
+@check("tiled_attention_matches_attention", NOTEBOOK)
+def tiled_attention_matches_attention(student):
+    @GRADING
+    @given(case_and_block=tiled_inputs())
+    @example(case_and_block=(fixed_case((2, 5, 4), (2, 7, 4), (2, 7, 3)), 3))        # a short last block
+    @example(case_and_block=(fixed_case((2, 3, 5, 8), (2, 3, 9, 8), (2, 3, 9, 8), magnitude=4.0), 2))  # growing max
+    @example(case_and_block=(fixed_case((1, 4, 2), (1, 6, 2), (1, 6, 2)), 1))        # one key at a time
+    @example(case_and_block=(fixed_case((1, 4, 2), (1, 6, 2), (1, 6, 2)), 100))      # one block for everything
+    def agrees(case_and_block):
+        case, block_size = case_and_block
+        expect_attention_output(student, "tiled_attention", case, tiled_call_text(case, block_size),
+                                block_size=block_size)
+
+    agrees()
+
+
+@check("tiled_attention_edge_cases", NOTEBOOK)
+def tiled_attention_edge_cases(student):
+    blocked = torch.ones(2, 5, 7, dtype=torch.bool)
+    blocked[:, 1] = False                                       # row 1 sees nothing
+    blocked[:, 3, :4] = False                                   # row 3 sees only the last block's keys
+    minus_inf = torch.zeros(5, 7).masked_fill(~blocked[0], float("-inf"))
+    cases = [
+        (fixed_case((2, 5, 4), (2, 7, 4), (2, 7, 3), mask=blocked), 2),
+        (fixed_case((2, 5, 4), (2, 7, 4), (2, 7, 3), mask=minus_inf), 3),
+        (fixed_case((2, 0, 4), (2, 7, 4), (2, 7, 3)), 2),          # L = 0
+        (fixed_case((2, 5, 4), (2, 0, 4), (2, 0, 3)), 2),          # S = 0: zeros
+    ]
+    for case, block_size in cases:
+        expect_attention_output(student, "tiled_attention", case, tiled_call_text(case, block_size),
+                                block_size=block_size)
+    good = fixed_case((2, 5, 4), (2, 7, 4), (2, 7, 3))
+    for what_is_wrong, Q, K, V, block_size in (
+            ("d_k = 0", torch.zeros(2, 5, 0), torch.zeros(2, 7, 0), good.V, 2),
+            ("K and V with different S", good.Q, good.K, torch.zeros(2, 6, 3), 2),
+            ("Q and K with different d_k", good.Q, torch.zeros(2, 7, 5), good.V, 2),
+            ("block_size = 0", good.Q, good.K, good.V, 0)):
+        call_text = f"tiled_attention(Q{list(Q.shape)}, K{list(K.shape)}, V{list(V.shape)}, block_size={block_size})"
+        expect_value_error(student.call("tiled_attention", Q, K, V, block_size=block_size), call_text, what_is_wrong)
+
+
+def expect_within(student, function, args, kwargs, call_text, intermediate, what_bound):
+    """The largest tensor the call creates holds at most twice the inputs, the output or `intermediate`."""
+    outcome = student.call(function, *args, trace=True, **kwargs)
+    expect_no_error(outcome, call_text)
+    output = expect_tensor(outcome.value, "output", call_text)
+    bound = 2 * max(max(t.numel() for t in args if isinstance(t, torch.Tensor)), output.elements, intermediate)
+    if outcome.largest_tensor is None:
+        raise CheckFailed(f"{call_text}\n  the grader could not watch this call's tensors")
+    if outcome.largest_tensor > bound:
+        raise CheckFailed(f"{call_text}\n  created a tensor of {outcome.largest_tensor:,} numbers; {what_bound} allows "
+                          f"about {bound:,} (a full [L, S] score matrix here is "
+                          f"{args[0].shape[-2] * args[1].shape[-2]:,})")
+
+
+@check("tiled_attention_stays_within_its_blocks", NOTEBOOK)
+def tiled_attention_stays_within_its_blocks(student):
+    for shape, block_size in (((1, 64, 4), 8), ((2, 2, 48, 4), 4)):
+        Q, K, V = (random_values(seed, shape) for seed in (1, 2, 3))
+        lead = math.prod(shape[:-2])
+        call_text = f"tiled_attention(Q{list(shape)}, K{list(shape)}, V{list(shape)}, block_size={block_size})"
+        expect_within(student, "tiled_attention", (Q, K, V), {"block_size": block_size}, call_text,
+                      lead * shape[-2] * block_size, f"[..., L, block_size] = [{shape[-2]}, {block_size}]")
+
+
+# --- Part E: local attention -------------------------------------------------------------------------
+def band(L, window):
+    positions = torch.arange(L)
+    return (positions[:, None] - positions[None, :]).abs() <= window       # [L, L] bool: True = may attend
+
+
+@st.composite
+def local_inputs(draw):
+    """Self-attention-shaped inputs (L == S, 3-D or 4-D) and a window from 0 to past L."""
+    lead = draw(st.sampled_from([(1,), (2,), (2, 3)]))
+    L = draw(st.integers(1, course_config.MAX_SEQ_LEN))
+    d_k, d_v = draw(st.integers(1, course_config.MAX_HEAD_DIM)), draw(st.integers(1, course_config.MAX_HEAD_DIM))
+    seed = draw(st.integers(0, 2**31 - 1))
+    case = fixed_case((*lead, L, d_k), (*lead, L, d_k), (*lead, L, d_v), seed=seed, scale=draw(st.booleans()))
+    return case, draw(st.integers(0, L + 1))
+
+
+@check("local_attention_matches_banded_attention", NOTEBOOK)
+def local_attention_matches_banded_attention(student):
+    @GRADING
+    @given(case_and_window=local_inputs())
+    @example(case_and_window=(fixed_case((2, 6, 4), (2, 6, 4), (2, 6, 3)), 1))
+    @example(case_and_window=(fixed_case((2, 6, 4), (2, 6, 4), (2, 6, 3)), 0))     # each query sees itself
+    @example(case_and_window=(fixed_case((1, 2, 5, 3), (1, 2, 5, 3), (1, 2, 5, 2)), 7))  # past the ends
+    def agrees(case_and_window):
+        case, window = case_and_window
+        call_text = case.describe().replace("attention(", "local_attention(", 1).replace(
+            ")  ", f", window={window})  ", 1)
+        banded = fixed_case(case.Q.shape, case.K.shape, case.V.shape, mask=band(case.Q.shape[-2], window),
+                            scale=case.scale, seed=case.seed)
+        outcome = student.call("local_attention", case.Q, case.K, case.V, window, scale=case.scale)
+        expect_no_error(outcome, call_text)
+        output = expect_tensor(outcome.value, "output", call_text)
+        expected, _ = reference_attention(*(t.to(torch.float64) for t in (case.Q, case.K, case.V)), banded.mask,
+                                          case.scale)
+        expect_close(output, expected, tolerance_for(FLOAT32, expected), "output", call_text)
+
+    agrees()
+    for what_is_wrong, shapes, window in (("L != S", ((2, 6, 4), (2, 7, 4), (2, 7, 3)), 1),
+                                          ("window = -1", ((2, 6, 4), (2, 6, 4), (2, 6, 3)), -1)):
+        tensors = [torch.zeros(s) for s in shapes]
+        call_text = f"local_attention(Q{list(shapes[0])}, K{list(shapes[1])}, V{list(shapes[2])}, window={window})"
+        expect_value_error(student.call("local_attention", *tensors, window), call_text, what_is_wrong)
+
+
+@check("local_attention_stays_within_its_band", NOTEBOOK)
+def local_attention_stays_within_its_band(student):
+    for shape, window in (((1, 64, 4), 2), ((2, 2, 48, 4), 1)):
+        Q, K, V = (random_values(seed, shape) for seed in (1, 2, 3))
+        lead = math.prod(shape[:-2])
+        call_text = f"local_attention(Q{list(shape)}, K{list(shape)}, V{list(shape)}, window={window})"
+        # The windows of keys or values it gathers, [..., L, d, 2 * window + 1], are its own: fine.
+        expect_within(student, "local_attention", (Q, K, V, window), {}, call_text,
+                      lead * shape[-2] * shape[-1] * (2 * window + 1),
+                      f"[..., L, d, 2 * window + 1] = [{shape[-2]}, {shape[-1]}, {2 * window + 1}]")

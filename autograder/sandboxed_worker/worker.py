@@ -162,10 +162,23 @@ def _make_value(spec):
 
 
 class OpRecorder:
-    """Records the dispatcher ops and fused entry points used during one call."""
+    """Records the dispatcher ops and fused entry points used during one call, and the largest block of
+    memory any op's result holds (`largest`, in elements of its storage: a view of an input counts as
+    the input, an expanded mask as the mask, a new [L, S] matrix as L * S)."""
 
     def __init__(self):
         self.seen = set()
+        self.largest = 0
+
+    def _measure(self, result):
+        from torch.utils._pytree import tree_leaves
+
+        for leaf in tree_leaves(result):
+            try:
+                elements = leaf.untyped_storage().nbytes() // max(leaf.element_size(), 1)
+            except Exception:  # noqa: BLE001 - not a tensor, or one without storage (meta)
+                continue
+            self.largest = max(self.largest, elements)
 
     def __enter__(self):
         from torch.utils._python_dispatch import TorchDispatchMode
@@ -177,7 +190,9 @@ class OpRecorder:
                 name = str(func.name())
                 if any(marker in name for marker in FUSED_OP_MARKERS):
                     recorder.seen.add(name)
-                return func(*args, **(kwargs or {}))
+                result = func(*args, **(kwargs or {}))
+                recorder._measure(result)
+                return result
 
         self._mode = _Mode()
         self._mode.__enter__()
@@ -261,6 +276,8 @@ class Session:
         else:
             reply["result"] = describe(result)
         reply["fused"] = sorted(_TRIPWIRE_HITS | (recorder.seen if recorder else set()))
+        if recorder:
+            reply["largest_tensor"] = recorder.largest
         reply["inputs_modified"] = [
             bool(s is not None and (t.shape != s.shape or not torch.equal(t.detach(), s)))
             for t, s in zip(inputs, snapshots)
