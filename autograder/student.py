@@ -59,6 +59,12 @@ class Opaque:
     repr: str
 
 
+@dataclass(frozen=True)
+class Handle:
+    """An object a student's call made that stays in their worker (a KVCache): used by later calls."""
+    id: int
+
+
 @dataclass
 class Outcome:
     """What one call of a student's function did."""
@@ -68,7 +74,8 @@ class Outcome:
     backward_raised: tuple | None = None
     inputs_modified: list = field(default_factory=list)
     fused: list = field(default_factory=list)
-    largest_tensor: int | None = None  # with trace=True: the most elements any op's result held (its storage)
+    largest_tensor: int | None = None  # with trace=True: the most elements any op newly allocated
+    handle: Handle | None = None  # with keep=True: the returned object, kept in the worker
 
 
 def decode_value(spec):
@@ -174,6 +181,8 @@ def encode_argument(value, requires_grad=False, device="cpu"):
         spec = describe(value.detach())
         spec.update(requires_grad=bool(requires_grad and value.is_floating_point()), device=device)
         return spec
+    if isinstance(value, Handle):
+        return protocol.encode_handle(value.id)
     if isinstance(value, torch.Generator):  # only its seed travels: checks pass freshly seeded generators
         return protocol.encode_generator(value.initial_seed())
     return describe(value)
@@ -192,6 +201,7 @@ def _decode_outcome(reply):
         inputs_modified=[bool(m) for m in reply.get("inputs_modified", [])],
         fused=[str(f) for f in reply.get("fused", [])],
         largest_tensor=reply["largest_tensor"] if type(reply.get("largest_tensor")) is int else None,
+        handle=Handle(reply["handle"]) if type(reply.get("handle")) is int else None,
     )
 
 
@@ -207,18 +217,26 @@ class StudentCode:
         return _decode_outcome(self._request({"op": "value", "name": name}, course_config.CALL_TIMEOUT_S))
 
     def call(self, function, *args, grad=(), grad_outputs=None, trace=False, tensor_device="cpu", timeout=None,
-             **kwargs):
+             keep=False, **kwargs):
         """Call the student's `function`. `grad` names the positional arguments that require grad;
         `grad_outputs` (one tensor or None per returned tensor) asks for a backward pass;
-        tensor arguments are sent to `tensor_device`; `timeout` replaces CALL_TIMEOUT_S (experiments)."""
+        tensor arguments are sent to `tensor_device`; `timeout` replaces CALL_TIMEOUT_S (experiments);
+        `keep` keeps what it returns in the worker (Outcome.handle) for later calls and `method`."""
         request = {
-            "op": "call", "function": function, "trace": trace,
+            "op": "call", "function": function, "trace": trace, "keep": keep,
             "args": [encode_argument(a, i in grad, tensor_device) for i, a in enumerate(args)],
             "kwargs": {k: encode_argument(v, False, tensor_device) for k, v in kwargs.items()},
             "grad_outputs": None if grad_outputs is None else
             [None if g is None else encode_argument(g) for g in grad_outputs],
         }
         return _decode_outcome(self._request(request, timeout or course_config.CALL_TIMEOUT_S))
+
+    def method(self, handle, name, *args, trace=False, **kwargs):
+        """Call method `name` of the object `handle` names (len(obj): name "__len__")."""
+        request = {"op": "method", "handle": handle.id, "method": name, "trace": trace,
+                   "args": [encode_argument(a) for a in args],
+                   "kwargs": {k: encode_argument(v) for k, v in kwargs.items()}}
+        return _decode_outcome(self._request(request, course_config.CALL_TIMEOUT_S))
 
     def _request(self, message, timeout):
         raise NotImplementedError
@@ -244,7 +262,8 @@ class InProcessStudent(StudentCode):
     def _request(self, message, timeout):
         # The same JSON round trip as the worker, so both paths see identical values.
         message = json.loads(protocol.dumps(message))
-        reply = self.session.value(message) if message["op"] == "value" else self.session.call(message)
+        handler = {"value": self.session.value, "method": self.session.method}.get(message["op"], self.session.call)
+        reply = handler(message)
         return protocol.loads(protocol.dumps(reply))
 
 

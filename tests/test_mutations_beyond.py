@@ -22,8 +22,79 @@ TILED_CHECKS = ["tiled_attention_matches_attention", "tiled_attention_edge_cases
 LOCAL_CHECKS = ["local_attention_matches_banded_attention", "local_attention_stays_within_its_band"]
 CHECKS["tiled_attention"] = TILED_CHECKS
 CHECKS["local_attention"] = LOCAL_CHECKS
+CACHE_CHECKS = ["kv_cache_appends_and_counts", "kv_cache_overflow_keeps_the_cache", "kv_cache_allocates_once",
+                "decode_step_matches_causal_attention"]
+CHECKS["kv_cache"] = CACHE_CHECKS
+CHECKS["decode_step"] = ["decode_step_matches_causal_attention"]
 # attention() pasted from Notebook 1 is graded through the functions built on it.
 CHECKS["attention_from_notebook_1"] = MHA_CHECKS + CHECKS["attention_with_dropout"]
+
+CAT_CACHE = '''
+class KVCache:
+    """Right values, but a new, longer tensor at every append."""
+
+    def __init__(self, max_len, batch, num_kv_heads, d_head, dtype=torch.float32, device="cpu"):
+        self.max_len = max_len
+        self.K = torch.zeros(batch, num_kv_heads, 0, d_head, dtype=dtype, device=device)
+        self.V = torch.zeros(batch, num_kv_heads, 0, d_head, dtype=dtype, device=device)
+
+    def __len__(self):
+        return self.K.shape[2]
+
+    def append(self, k, v):
+        if len(self) + k.shape[2] > self.max_len:
+            raise ValueError(f"{len(self)} + {k.shape[2]} positions do not fit in max_len = {self.max_len}")
+        self.K, self.V = torch.cat([self.K, k], dim=2), torch.cat([self.V, v], dim=2)
+        return self.K, self.V
+'''
+
+WRITES_BEFORE_CHECKING = '''
+class KVCache:
+    """Writes what fits, then complains: a failed append has changed the cache."""
+
+    def __init__(self, max_len, batch, num_kv_heads, d_head, dtype=torch.float32, device="cpu"):
+        self.max_len = max_len
+        self.K = torch.zeros(batch, num_kv_heads, max_len, d_head, dtype=dtype, device=device)
+        self.V = torch.zeros_like(self.K)
+        self.length = 0
+
+    def __len__(self):
+        return self.length
+
+    def append(self, k, v):
+        T = k.shape[-2]
+        end = min(self.length + T, self.max_len)
+        self.K[:, :, self.length:end] = k[:, :, :end - self.length]
+        self.V[:, :, self.length:end] = v[:, :, :end - self.length]
+        if self.length + T > self.max_len:
+            self.length = end
+            raise ValueError(f"{T} more positions do not fit: max_len = {self.max_len}, {self.length + T} asked")
+        self.length = end
+        return self.K[:, :, :self.length], self.V[:, :, :self.length]
+'''
+
+INDEX_COPY_CACHE = '''
+class KVCache:
+    """index_copy_ into buffers made once; a position counter tensor."""
+
+    def __init__(self, max_len, batch, num_kv_heads, d_head, dtype=torch.float32, device="cpu"):
+        shape = (batch, num_kv_heads, max_len, d_head)
+        self.keys, self.values = torch.empty(shape, dtype=dtype, device=device), torch.empty(shape, dtype=dtype, device=device)
+        self.filled = 0
+
+    def __len__(self):
+        return self.filled
+
+    def append(self, k, v):
+        new = k.shape[2]
+        if self.filled + new > self.keys.shape[2]:
+            raise ValueError(f"cannot append {new} positions to a cache of max_len {self.keys.shape[2]} holding {self.filled}")
+        positions = torch.arange(self.filled, self.filled + new, device=self.keys.device)
+        self.keys.index_copy_(2, positions, k)
+        self.values.index_copy_(2, positions, v)
+        self.filled += new
+        return self.keys.narrow(2, 0, self.filled), self.values.narrow(2, 0, self.filled)
+'''
 
 FULL_MATRIX_TILED = '''
 def tiled_attention(Q, K, V, mask=None, scale=True, block_size=32):
@@ -154,6 +225,22 @@ MUTANTS = {
         "local_attention", FULL_MATRIX_LOCAL)),
     "local attention without the scale": ("local_attention", replace_in(
         "local_attention", "scores = scores / math.sqrt(Q.shape[-1])", "pass")),
+    # KVCache
+    "a cache that overwrites position 0": ("kv_cache", replace_in(
+        "kv_cache", "self.K[:, :, self.length:self.length + T] = k", "self.K[:, :, 0:T] = k")),
+    "a cache that grows by torch.cat": ("kv_cache", rewrite("kv_cache", CAT_CACHE)),
+    "a failed append that writes first": ("kv_cache", rewrite("kv_cache", WRITES_BEFORE_CHECKING)),
+    "len() one short": ("kv_cache", replace_in("kv_cache", "return self.length\n", "return max(self.length - 1, 0)\n")),
+    # decode_step
+    "decode step that skips W_o": ("decode_step", replace_in(
+        "decode_step", "return merge_heads(out) @ W_o", "return merge_heads(out)")),
+    "decode step with repeat, not repeat_interleave": ("decode_step", replace_in(
+        "decode_step", "K.repeat_interleave(group, dim=1), V.repeat_interleave(group, dim=1)",
+        "K.repeat(1, group, 1, 1), V.repeat(1, group, 1, 1)")),
+    "decode step that attends only to the new token": ("decode_step", replace_in(
+        "decode_step", "out, _ = attention(q, K, V)", "out, _ = attention(q, K[:, :, -1:], V[:, :, -1:])")),
+    "decode step that forgets the scale": ("decode_step", replace_in(
+        "decode_step", "out, _ = attention(q, K, V)", "out, _ = attention(q, K, V, scale=False)")),
     # attention() pasted from Notebook 1
     "pasted attention() forgets the scale": ("attention_from_notebook_1", replace_in(
         "attention_from_notebook_1", "scores = scores / math.sqrt(Q.shape[-1])", "pass")),
@@ -242,6 +329,7 @@ CORRECT_VARIANTS = {
     "dropout by torch.bernoulli": ("attention_with_dropout", rewrite("attention_with_dropout", BERNOULLI_DROPOUT)),
     "tiled attention with explicit loops": ("tiled_attention", rewrite("tiled_attention", LOOPED_TILED)),
     "local attention row by row": ("local_attention", rewrite("local_attention", ROW_BY_ROW_LOCAL)),
+    "a cache built on index_copy_": ("kv_cache", rewrite("kv_cache", INDEX_COPY_CACHE)),
 }
 
 
@@ -266,5 +354,5 @@ def test_correct_variant_gets_full_marks(variant):
 def test_every_graded_function_has_four_mutants_and_its_checks_are_the_notebooks():
     assert sorted({c for checks in CHECKS.values() for c in checks}) == sorted(check_points(NB4))
     for cell in ("split_merge_heads", "multi_head_attention", "attention_with_dropout", "tiled_attention",
-                 "local_attention"):
+                 "local_attention", "kv_cache", "decode_step"):
         assert sum(c == cell for c, _ in MUTANTS.values()) >= 4, cell

@@ -1,5 +1,7 @@
 """Hidden checks of Notebook 4 (the bonus assignment): heads, multi-head and grouped-query attention,
-attention dropout, tiled and local attention (../shared/DESIGN.md section 4, "Notebook 4").
+attention dropout, tiled and local attention, the KV cache and decoding (../shared/DESIGN.md section 4,
+"Notebook 4"). A KVCache lives in the student's worker between calls (StudentCode.call(keep=True) and
+StudentCode.method).
 
 Trusted code. Multi-head attention is compared with PyTorch's own torch.nn.MultiheadAttention
 (same weights, float64) where that module applies, and with an expand-the-KV-heads float64
@@ -39,6 +41,10 @@ SHOWN_FIRST_BY = {
     "tiled_attention_stays_within_its_blocks": ("test_tiled_attention",),
     "local_attention_matches_banded_attention": ("test_local_attention",),
     "local_attention_stays_within_its_band": ("test_local_attention",),
+    "kv_cache_appends_and_counts": ("test_kv_cache",),
+    "kv_cache_overflow_keeps_the_cache": ("test_kv_cache",),
+    "kv_cache_allocates_once": ("test_kv_cache",),
+    "decode_step_matches_causal_attention": ("test_kv_cache",),
 }
 FLOAT32 = torch.float32
 
@@ -413,3 +419,121 @@ def local_attention_stays_within_its_band(student):
         expect_within(student, "local_attention", (Q, K, V, window), {}, call_text,
                       lead * shape[-2] * shape[-1] * (2 * window + 1),
                       f"[..., L, d, 2 * window + 1] = [{shape[-2]}, {shape[-1]}, {2 * window + 1}]")
+
+
+# --- Part F: the KV cache and decoding ---------------------------------------------------------------
+def new_cache(student, max_len, batch, num_kv_heads, d_head):
+    """A KVCache made by the student's class, kept in their worker; (handle, how it was made)."""
+    call_text = f"KVCache(max_len={max_len}, batch={batch}, num_kv_heads={num_kv_heads}, d_head={d_head})"
+    outcome = student.call("KVCache", max_len, batch, num_kv_heads, d_head, keep=True)
+    expect_no_error(outcome, call_text)
+    if outcome.handle is None:
+        raise CheckFailed(f"{call_text}\n  could not be kept for the next calls")
+    return outcome.handle, f"cache = {call_text}"
+
+
+def expect_length(student, cache, expected, story):
+    outcome = student.method(cache, "__len__")
+    expect_no_error(outcome, f"{story}\nlen(cache)")
+    if outcome.value != expected:
+        raise CheckFailed(f"{story}\nlen(cache)\n  returned {outcome.value!r}; the cache holds {expected} positions")
+
+
+def append(student, cache, k, v, story, trace=False):
+    """cache.append(k, v): the returned views (K, V) and the story so far, for messages."""
+    story += f"\ncache.append(k{list(k.shape)}, v{list(v.shape)})"
+    outcome = student.method(cache, "append", k, v, trace=trace)
+    K, V = expect_pair(outcome, story, names=("K", "V"))
+    return K, V, story, outcome
+
+
+@check("kv_cache_appends_and_counts", NOTEBOOK)
+def kv_cache_appends_and_counts(student):
+    cache, story = new_cache(student, max_len=7, batch=2, num_kv_heads=2, d_head=3)
+    expect_length(student, cache, 0, story)
+    written_k, written_v = [], []
+    for step, T in enumerate((2, 1, 3, 1)):                                    # 7 positions in all
+        k, v = random_values(10 + step, (2, 2, T, 3)), random_values(20 + step, (2, 2, T, 3))
+        written_k.append(k)
+        written_v.append(v)
+        K, V, story, _ = append(student, cache, k, v, story)
+        exactly(K, torch.cat(written_k, dim=2), "K (every position written so far, in order)", story)
+        exactly(V, torch.cat(written_v, dim=2), "V (every position written so far, in order)", story)
+        expect_length(student, cache, sum(t.shape[2] for t in written_k), story)
+
+
+@check("kv_cache_overflow_keeps_the_cache", NOTEBOOK)
+def kv_cache_overflow_keeps_the_cache(student):
+    cache, story = new_cache(student, max_len=6, batch=1, num_kv_heads=2, d_head=2)
+    k, v = random_values(1, (1, 2, 5, 2)), random_values(2, (1, 2, 5, 2))
+    _, _, story, _ = append(student, cache, k, v, story)
+    story_overflow = story + "\ncache.append(k[1, 2, 2, 2], v[1, 2, 2, 2])"
+    outcome = student.method(cache, "append", torch.ones(1, 2, 2, 2), torch.ones(1, 2, 2, 2))
+    expect_value_error(outcome, story_overflow, "writing 2 positions after 5 of max_len = 6")
+    message = outcome.raised[1]
+    if "6" not in message or not ("7" in message or "2" in message):
+        raise CheckFailed(f"{story_overflow}\n  raised ValueError({message!r}); name both sizes: max_len = 6 and the "
+                          f"7 positions (or the 2 more) that were asked for")
+    expect_length(student, cache, 5, story_overflow + "  (it raised)")
+    last_k, last_v = random_values(3, (1, 2, 1, 2)), random_values(4, (1, 2, 1, 2))
+    K, V, story, _ = append(student, cache, last_k, last_v, story_overflow + "  (it raised)")
+    exactly(K, torch.cat([k, last_k], dim=2), "K (the failed append must have written nothing)", story)
+    exactly(V, torch.cat([v, last_v], dim=2), "V (the failed append must have written nothing)", story)
+
+
+@check("kv_cache_allocates_once", NOTEBOOK)
+def kv_cache_allocates_once(student):
+    B, H_kv, d, max_len = 2, 2, 4, 32
+    cache, story = new_cache(student, max_len=max_len, batch=B, num_kv_heads=H_kv, d_head=d)
+    for step in range(6):                                                      # 24 positions held
+        _, _, story, _ = append(student, cache, random_values(step, (B, H_kv, 4, d)),
+                                random_values(50 + step, (B, H_kv, 4, d)), story)
+    _, _, story, outcome = append(student, cache, random_values(99, (B, H_kv, 1, d)),
+                                  random_values(98, (B, H_kv, 1, d)), story, trace=True)
+    chunk = B * H_kv * 1 * d
+    if outcome.largest_tensor is None:
+        raise CheckFailed(f"{story}\n  the grader could not watch this call's tensors")
+    if outcome.largest_tensor > 4 * chunk:
+        raise CheckFailed(f"{story}\n  allocated a new tensor of {outcome.largest_tensor:,} numbers to append "
+                          f"{chunk} (one position); write into the buffers made in __init__, in place")
+
+
+@st.composite
+def decoding_inputs(draw):
+    """Self-attention inputs for token-by-token decoding: multi-head, grouped or multi-query heads."""
+    num_heads = draw(st.sampled_from([1, 2, 4, 6]))
+    num_kv_heads = draw(st.sampled_from([k for k in range(1, num_heads + 1) if num_heads % k == 0]))
+    L = draw(st.integers(1, course_config.MAX_SEQ_LEN))
+    return multi_head_case(draw(st.integers(1, course_config.MAX_BATCH)), L, L, num_heads, draw(st.integers(1, 3)),
+                           num_kv_heads, cross=False, seed=draw(st.integers(0, 2**31 - 1)))
+
+
+@check("decode_step_matches_causal_attention", NOTEBOOK)
+def decode_step_matches_causal_attention(student):
+    @GRADING
+    @given(case=decoding_inputs())
+    @example(case=multi_head_case(2, 5, 5, num_heads=4, d_head=2, num_kv_heads=2, cross=False))
+    @example(case=multi_head_case(1, 4, 4, num_heads=3, d_head=2, num_kv_heads=1, cross=False))   # multi-query
+    @example(case=multi_head_case(2, 3, 3, num_heads=2, d_head=3, cross=False))
+    def agrees(case):
+        B, L, d_model = case.x.shape
+        cache, story = new_cache(student, max_len=L, batch=B, num_kv_heads=case.kv_heads,
+                                 d_head=d_model // case.num_heads)
+        causal = torch.ones(L, L, dtype=torch.bool).tril()
+        as64 = [t.to(torch.float64) for t in case.args()]
+        expected, _ = reference_multi_head_attention(*as64, case.num_heads, case.num_kv_heads, causal)
+        low, _ = reference_multi_head_attention(*case.args(), case.num_heads, case.num_kv_heads, causal)
+        tol = tolerance_for(FLOAT32, expected, low)
+        for t in range(L):
+            story += (f"\ndecode_step(x[:, {t}:{t + 1}], cache, W_q, W_k, W_v, W_o, num_heads={case.num_heads}, "
+                      f"num_kv_heads={case.kv_heads})")
+            outcome = student.call("decode_step", case.x[:, t:t + 1], cache, *case.args()[2:],
+                                   num_heads=case.num_heads, num_kv_heads=case.num_kv_heads)
+            expect_no_error(outcome, story)
+            step = expect_tensor(outcome.value, "output", story)
+            expect_close(step, expected[:, t:t + 1], tol,
+                         f"output (row {t} of causal multi_head_attention on x{list(case.x.shape)})",
+                         story + f"\n  ({case.describe()})")
+        expect_length(student, cache, L, story)
+
+    agrees()

@@ -41,6 +41,11 @@ def encode_generator(seed):
     return {"kind": "generator", "seed": int(seed)}
 
 
+def encode_handle(handle_id):
+    """An object that lives in the worker (made by an earlier call with keep=True), as an argument."""
+    return {"kind": "handle", "id": int(handle_id)}
+
+
 def encode_array(array, dtype_name, **meta):
     """A numpy array (already in its wire dtype) as a JSON-able dict."""
     wire = np.ascontiguousarray(array, dtype=WIRE_DTYPES[dtype_name])

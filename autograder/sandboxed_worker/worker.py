@@ -145,11 +145,15 @@ def _make_tensor(spec, requires_grad_ok=True):
     return tensor
 
 
-def _make_value(spec):
+def _make_value(spec, handles=None):
     if isinstance(spec, dict) and spec.get("kind") == "tensor":
         return _make_tensor(spec)
+    if isinstance(spec, dict) and spec.get("kind") == "handle":  # an object an earlier call made here
+        if handles is None or spec.get("id") not in handles:
+            raise ValueError(f"no object {spec.get('id')!r} lives in this worker")
+        return handles[spec["id"]]
     if isinstance(spec, dict) and spec.get("kind") == "sequence":
-        items = [_make_value(s) for s in spec["items"]]
+        items = [_make_value(s, handles) for s in spec["items"]]
         return tuple(items) if spec.get("type") == "tuple" else items
     if isinstance(spec, dict) and spec.get("kind") == "generator" and type(spec.get("seed")) is int:
         import torch
@@ -163,22 +167,27 @@ def _make_value(spec):
 
 class OpRecorder:
     """Records the dispatcher ops and fused entry points used during one call, and the largest block of
-    memory any op's result holds (`largest`, in elements of its storage: a view of an input counts as
-    the input, an expanded mask as the mask, a new [L, S] matrix as L * S)."""
+    memory any op newly allocates (`largest`, in elements of the new storage). A view (a slice, a
+    transpose, an expanded mask) or an in-place write shares its input's storage and allocates nothing."""
 
     def __init__(self):
         self.seen = set()
         self.largest = 0
 
-    def _measure(self, result):
+    def _measure(self, inputs, result):
         from torch.utils._pytree import tree_leaves
 
-        for leaf in tree_leaves(result):
+        def storage(leaf):
             try:
-                elements = leaf.untyped_storage().nbytes() // max(leaf.element_size(), 1)
+                return leaf.untyped_storage()
             except Exception:  # noqa: BLE001 - not a tensor, or one without storage (meta)
-                continue
-            self.largest = max(self.largest, elements)
+                return None
+
+        shared = {s.data_ptr() for s in map(storage, tree_leaves(inputs)) if s is not None}
+        for leaf in tree_leaves(result):
+            new = storage(leaf)
+            if new is not None and new.data_ptr() not in shared:
+                self.largest = max(self.largest, new.nbytes() // max(leaf.element_size(), 1))
 
     def __enter__(self):
         from torch.utils._python_dispatch import TorchDispatchMode
@@ -191,7 +200,7 @@ class OpRecorder:
                 if any(marker in name for marker in FUSED_OP_MARKERS):
                     recorder.seen.add(name)
                 result = func(*args, **(kwargs or {}))
-                recorder._measure(result)
+                recorder._measure((args, kwargs), result)
                 return result
 
         self._mode = _Mode()
@@ -231,9 +240,13 @@ def install_tripwires():
 class Session:
     """The student's namespace plus the request handlers. Pure: no I/O here."""
 
+    # Methods the grader may call on an object that lives here (a KVCache): public names, and len().
+    CALLABLE_DUNDERS = ("__len__",)
+
     def __init__(self, namespace, run_cell=None):
         self.namespace = namespace
         self.run_cell = run_cell
+        self.handles = {}  # id -> an object a call made and the grader asked to keep (keep=True)
 
     def load(self, request):
         errors = []
@@ -251,14 +264,32 @@ class Session:
         return {"result": describe(self.namespace[name])}
 
     def call(self, request):
-        import torch
-
         function = self.namespace.get(request["function"])
         if not callable(function):
             return {"raised": {"type": "NameError",
                                "message": f"{request['function']}() is not defined in your notebook"}}
-        args = [_make_value(spec) for spec in request.get("args", [])]
-        kwargs = {key: _make_value(spec) for key, spec in request.get("kwargs", {}).items()}
+        return self._invoke(function, request)
+
+    def method(self, request):
+        """A method of an object an earlier call made and kept: cache.append(k, v), len(cache)."""
+        obj, name = self.handles.get(request.get("handle")), request.get("method")
+        if obj is None:
+            return {"error": f"no object {request.get('handle')!r} lives in this worker"}
+        if not isinstance(name, str) or (name.startswith("_") and name not in self.CALLABLE_DUNDERS):
+            return {"error": f"the grader may not call {name!r}"}
+        try:
+            function = len if name == "__len__" else getattr(obj, name)
+        except BaseException as err:  # noqa: BLE001 - a missing method is the student's answer
+            return {"raised": {"type": type(err).__name__, "message": _short(err)}}
+        if name == "__len__":
+            request = dict(request, args=[{"kind": "handle", "id": request["handle"]}], kwargs={})
+        return self._invoke(function, request)
+
+    def _invoke(self, function, request):
+        import torch
+
+        args = [_make_value(spec, self.handles) for spec in request.get("args", [])]
+        kwargs = {key: _make_value(spec, self.handles) for key, spec in request.get("kwargs", {}).items()}
         inputs = [a for a in list(args) + list(kwargs.values()) if isinstance(a, torch.Tensor)]
         snapshots = [t.detach().clone() if t.device.type != "meta" else None for t in inputs]
         reply = {}
@@ -275,6 +306,9 @@ class Session:
             result = None
         else:
             reply["result"] = describe(result)
+            if request.get("keep"):
+                reply["handle"] = len(self.handles) + 1
+                self.handles[reply["handle"]] = result
         reply["fused"] = sorted(_TRIPWIRE_HITS | (recorder.seen if recorder else set()))
         if recorder:
             reply["largest_tensor"] = recorder.largest
@@ -350,6 +384,8 @@ def main():
                 reply = session.load(request)
             elif op == "call":
                 reply = session.call(request)
+            elif op == "method":
+                reply = session.method(request)
             elif op == "value":
                 reply = session.value(request)
             elif op == "ping":
