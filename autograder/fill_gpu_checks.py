@@ -50,10 +50,10 @@ def main():
     if refused:
         return refused
     filled = 0
-    assignment = course_config.ASSIGNMENT
+    autograded = course_config.COURSE_ROOT / "autograded"
     with Gradebook(course_config.c.CourseDirectory.db_url) as gradebook:
-        for path in sorted((course_config.COURSE_ROOT / "autograded").glob(f"*/{assignment}/*.ipynb")):
-            student, notebook = path.parent.parent.name, path.stem
+        for path in sorted(p for a in course_config.ASSIGNMENTS for p in autograded.glob(f"*/{a}/*.ipynb")):
+            student, assignment, notebook = path.parent.parent.name, path.parent.name, path.stem
             grades = {g.name: g for g in gradebook.find_submission_notebook(notebook, assignment, student).grades}
             nb = nbformat.read(path, as_version=4)
             pending = pending_gpu_cells(nb, grades)
@@ -72,7 +72,8 @@ def main():
             os.chmod(path, stat.S_IRUSR | stat.S_IWUSR | stat.S_IRGRP | stat.S_IROTH)
             nbformat.write(nb, path)
             os.chmod(path, stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)  # nbgrader leaves it read-only
-    run_nbgrader("generate_feedback", assignment, "--force", check=False)
+    for assignment in course_config.ASSIGNMENTS:
+        run_nbgrader("generate_feedback", assignment, "--force", check=False)
     run_nbgrader("export", "--to=grades.csv")
     print(f"filled in {filled} pending GPU check(s)")
     return 0

@@ -25,7 +25,8 @@ def main():
           f"available: {cuda}" + (f"  device: {torch.cuda.get_device_name(0)}" if cuda else ""))
     print(f"student code runs in: {'a bubblewrap sandbox' if sandbox_enabled() else 'a plain process (sandbox off)'}")
     failed = 0
-    for path in sorted((course_config.COURSE_ROOT / "solutions" / course_config.ASSIGNMENT).glob("*.ipynb")):
+    solutions = course_config.COURSE_ROOT / "solutions"
+    for path in sorted(p for a in course_config.ASSIGNMENTS for p in (solutions / a).glob("*.ipynb")):
         names = [n for n in gpu_checks if REGISTRY[n].notebook == path.stem]
         if not names:
             continue

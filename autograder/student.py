@@ -65,6 +65,12 @@ class Handle:
     id: int
 
 
+@dataclass(frozen=True)
+class InNotebook:
+    """An argument that is a module-level value of the student's own notebook, by name (IMPLEMENTATIONS)."""
+    name: str
+
+
 @dataclass
 class Outcome:
     """What one call of a student's function did."""
@@ -183,6 +189,8 @@ def encode_argument(value, requires_grad=False, device="cpu"):
         return spec
     if isinstance(value, Handle):
         return protocol.encode_handle(value.id)
+    if isinstance(value, InNotebook):
+        return protocol.encode_name(value.name)
     if isinstance(value, torch.Generator):  # only its seed travels: checks pass freshly seeded generators
         return protocol.encode_generator(value.initial_seed())
     return describe(value)

@@ -13,10 +13,11 @@ def check_points(name=NB1):
             for c in source_notebook(name).cells if hidden_check_name(c)}
 
 
-def gpu_checks():
+def gpu_checks(name=None):
+    """The GPU-tagged checks (of notebook `name`, or of every notebook)."""
     from autograder.checks import REGISTRY
 
-    return {name for name, c in REGISTRY.items() if c.gpu}
+    return {check for check, c in REGISTRY.items() if c.gpu and name in (None, c.notebook)}
 
 
 def cuda_available():

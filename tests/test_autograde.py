@@ -149,15 +149,15 @@ def test_gpu_checks_are_pending_without_cuda(graded_course):
     with Gradebook(f"sqlite:///{root / 'gradebook.db'}") as gb:
         for student in ("correct", "no_scale"):
             grades = {g.name: g for g in gb.find_submission_notebook(NB1, "attention_surgeon", student).grades}
-            for check in gpu_checks():
+            for check in gpu_checks(NB1):
                 grade = grades[f"check_{check}"]
                 assert grade.auto_score is None and grade.manual_score is None and grade.needs_manual_grade
     _, text = feedback_text(root, "correct")
-    for check in gpu_checks():
+    for check in gpu_checks(NB1):
         assert f"hidden check {check}: pending" in text
     assert "needs a CUDA device" in text
     # Shown as pending, never as a zero: the page's summary and each cell's heading say so.
-    gpu_points = sum(check_points()[c] for c in gpu_checks())
+    gpu_points = sum(check_points()[c] for c in gpu_checks(NB1))
     assert f"{gpu_points:.1f} points not decided yet" in text
     assert "decided later (it runs on a grader with CUDA)" in text
     assert not re.search(r"(failed|Score): 0\.0 / (4|2)\.0\)?\s*\(Top\)", text)
@@ -167,8 +167,8 @@ def test_grades_csv_says_what_is_pending(graded_course):
     """Before: max_score 124 and no marker. Now pending_points and the pending grade ids."""
     root, _, _ = graded_course
     rows = grade_rows(root)
-    gpu = {f"check_{c}" for c in gpu_checks()} if not cuda_available() else set()
-    gpu_points = sum(check_points()[c] for c in gpu_checks()) if not cuda_available() else 0.0
+    gpu = {f"check_{c}" for c in gpu_checks(NB1)} if not cuda_available() else set()
+    gpu_points = sum(check_points()[c] for c in gpu_checks(NB1)) if not cuda_available() else 0.0
     correct = rows["correct"]
     assert set(correct["pending"].split(";")) == gpu | set(WRITTEN_ANSWERS)
     assert float(correct["pending_points"]) == gpu_points + 3 * len(WRITTEN_ANSWERS)

@@ -6,7 +6,7 @@ from autograder.checks import REGISTRY, run_check
 from autograder.pipeline import hidden_check_name
 from autograder.student import InProcessStudent, SandboxedStudent
 from tests.grading import check_points, decidable_points, gpu_checks, grade_checks
-from tests.students import ASSIGNMENT_OF, ROOT, reference_answers, source_notebook, student_notebook
+from tests.students import ASSIGNMENT_OF, NB1, ROOT, reference_answers, source_notebook, student_notebook
 
 NOTEBOOKS = sorted(ASSIGNMENT_OF)  # both assignments: the main one and the bonus
 
@@ -23,7 +23,7 @@ def test_every_hidden_cell_names_a_registered_check_once(name):
 def test_every_check_passes_on_the_reference_solution_in_the_sandbox():
     verdicts = grade_checks(student_notebook(reference_answers()))
     assert {n: v.message for n, v in verdicts.items() if v.status != "passed" and n in decidable_points()} == {}
-    for name in gpu_checks() - set(decidable_points()):
+    for name in gpu_checks(NB1) - set(decidable_points()):
         assert verdicts[name].status == "pending" and "CUDA" in verdicts[name].message
 
 

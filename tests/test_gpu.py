@@ -12,20 +12,21 @@ import torch
 from autograder.checks import REGISTRY, run_check
 from tests.conftest import make, tree_digest
 from tests.grading import grade_checks, gpu_checks, replace_in
-from tests.students import ASSIGNMENT, NB1, ROOT, reference_answers, source_notebook, student_notebook
+from tests.students import ASSIGNMENT, NB1, NB4, ROOT, reference_answers, source_notebook, student_notebook
 
 CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
 
 
 def test_gpu_cells_are_tagged_and_their_checks_registered_as_gpu():
-    tagged = [c for c in source_notebook().cells if "gpu" in c.metadata.get("tags", [])]
-    assert len(tagged) >= 3
+    tagged = [c for name in (NB1, NB4) for c in source_notebook(name).cells if "gpu" in c.metadata.get("tags", [])]
+    assert len(tagged) >= 6
     for cell in tagged:
         if "hidden_check(" in cell.source:
             name = cell.source.split('hidden_check("')[1].split('"')[0]
             assert REGISTRY[name].gpu
-    assert gpu_checks() == {"cuda_attention_matches", "cuda_causal_mask"}
+    assert gpu_checks() == {"cuda_attention_matches", "cuda_causal_mask",  # Notebook 1
+                            "cuda_tiled_attention_matches", "cuda_multi_head_attention_matches"}  # Notebook 4
 
 
 @pytest.mark.skipif(CUDA, reason="the pending path is for hosts without CUDA")
@@ -69,8 +70,9 @@ def test_public_gpu_cell_skips_with_a_message(monkeypatch):
 @pytest.mark.gpu
 @needs_cuda
 def test_gpu_checks_pass_on_the_reference_solution():
-    verdicts = grade_checks(student_notebook(reference_answers()))
-    assert {n: v.message for n, v in verdicts.items() if n in gpu_checks() and v.status != "passed"} == {}
+    for name in (NB1, NB4):
+        verdicts = grade_checks(student_notebook(reference_answers(name), name=name), name)
+        assert {n: v.message for n, v in verdicts.items() if n in gpu_checks() and v.status != "passed"} == {}
 
 
 @pytest.mark.gpu

@@ -103,9 +103,9 @@ def test_grades_csv_holds_the_exact_scores(cycle):
     correct, buggy = (f"{hub.tag}-{s}" for s in (CORRECT, BUGGY))
     assert float(rows[correct]["raw_score"]) == sum(full.values())  # written answers wait for a TA
     assert float(rows[buggy]["raw_score"]) == full[NB1] - sum(check_points()[c] for c in NO_SCALE_FAILS)
-    gpu = sum(check_points()[c] for c in gpu_checks()) if not cuda_available() else 0.0
+    gpu = sum(check_points()[c] for c in gpu_checks(NB1)) if not cuda_available() else 0.0
     assert float(rows[correct]["pending_points"]) == gpu + 3 * len(WRITTEN_ANSWERS)
-    assert set(filter(None, rows[buggy]["pending"].split(";"))) <= {f"check_{c}" for c in gpu_checks()}
+    assert set(filter(None, rows[buggy]["pending"].split(";"))) <= {f"check_{c}" for c in gpu_checks(NB1)}
 
 
 def test_submitted_files_are_untouched_by_grading(cycle):

@@ -21,8 +21,10 @@ from ..reference import reference_attention, reference_multi_head_attention, tol
 from ..strategies import (GRADING, attention_inputs, fixed_case, head_shapes, multi_head_case, multi_head_inputs,
                           random_values)
 from . import CheckFailed, check
+from ..student import InNotebook
+from .attention_on_cuda import device_hint, expect_on_cuda
 from .expectations import (expect_close, expect_no_error, expect_pair, expect_shape, expect_tensor,
-                           expect_value_error, shape_mentioned)
+                           expect_value_error, shape_mentioned, what)
 
 NOTEBOOK = "04_beyond_one_head"
 
@@ -45,6 +47,10 @@ SHOWN_FIRST_BY = {
     "kv_cache_overflow_keeps_the_cache": ("test_kv_cache",),
     "kv_cache_allocates_once": ("test_kv_cache",),
     "decode_step_matches_causal_attention": ("test_kv_cache",),
+    "fit_exponent_on_power_laws": ("test_profile_attention",),
+    "profile_table_and_memory_column": ("test_profile_attention",),
+    "cuda_tiled_attention_matches": ("test_on_gpu",),
+    "cuda_multi_head_attention_matches": ("test_on_gpu",),
 }
 FLOAT32 = torch.float32
 
@@ -537,3 +543,138 @@ def decode_step_matches_causal_attention(student):
         expect_length(student, cache, L, story)
 
     agrees()
+
+
+# --- Part G: the systems lab (what is deterministic: exponents of given data, the table, its memory) ---
+@st.composite
+def power_laws(draw):
+    """(xs, ys, description): y = c * x^k at distinct positive x, maybe with seeded multiplicative noise."""
+    n = draw(st.integers(2, 8))
+    xs = sorted(draw(st.lists(st.integers(1, 4096), min_size=n, max_size=n, unique=True)))
+    c = draw(st.floats(1e-6, 1e3))
+    k = draw(st.floats(-3.0, 3.0))
+    noise = draw(st.sampled_from([0.0, 0.05]))
+    rng = np.random.default_rng(draw(st.integers(0, 2**31 - 1)))
+    ys = [float(c * x**k * np.exp(noise * rng.standard_normal())) for x in xs]
+    return xs, ys, f"y = {c:.4g} * x^{k:.4g}" + (" with 5% noise" if noise else "")
+
+
+def reference_exponent(xs, ys):
+    return float(np.polyfit(np.log(np.asarray(xs, dtype=np.float64)), np.log(np.asarray(ys, dtype=np.float64)), 1)[0])
+
+
+@check("fit_exponent_on_power_laws", NOTEBOOK)
+def fit_exponent_on_power_laws(student):
+    @GRADING
+    @given(law=power_laws())
+    @example(law=([1, 2, 4, 8], [3.0, 12.0, 48.0, 192.0], "y = 3 * x^2"))
+    @example(law=([64, 128, 256, 512], [1e-4, 1e-4, 1e-4, 1e-4], "a constant: exponent 0"))
+    @example(law=([10, 1000], [2.0, 0.02], "y = 20 * x^-1, two points"))
+    def agrees(law):
+        xs, ys, what_law = law
+        call_text = f"fit_exponent({xs}, {[round(y, 6) for y in ys]})  ({what_law})"
+        outcome = student.call("fit_exponent", xs, ys)
+        expect_no_error(outcome, call_text)
+        expected = reference_exponent(xs, ys)
+        if not isinstance(outcome.value, (int, float)) or not math.isclose(outcome.value, expected, rel_tol=1e-6,
+                                                                           abs_tol=1e-9):
+            raise CheckFailed(f"{call_text}\n  returned {outcome.value!r}; the least-squares slope of (ln x, ln y) "
+                              f"is {expected:.6g}")
+
+    agrees()
+
+
+LAB_SEQ_LENS = (128, 256, 512)  # past the tiled block (64), where its memory is linear in L
+LAB_D_K = 16
+
+
+@check("profile_table_and_memory_column", NOTEBOOK)
+def profile_table_and_memory_column(student):
+    call_text = f"profile_attention(IMPLEMENTATIONS, seq_lens={LAB_SEQ_LENS}, d_k={LAB_D_K}, repeats=1)"
+    outcome = student.call("profile_attention", InNotebook("IMPLEMENTATIONS"), LAB_SEQ_LENS, d_k=LAB_D_K, repeats=1,
+                           timeout=course_config.EXPERIMENT_CALL_TIMEOUT_S)
+    expect_no_error(outcome, call_text)
+    rows = outcome.value
+    names = ["python loop", "attention()", "tiled", "local"]
+    expected_keys = [(name, L) for name in names for L in LAB_SEQ_LENS]
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        raise CheckFailed(f"{call_text}\n  returned {what(rows)}; expected a list of dicts, one per (name, L)")
+    got_keys = [(r.get("name"), r.get("seq_len")) for r in rows]
+    if got_keys != expected_keys:
+        raise CheckFailed(f"{call_text}\n  returned rows for {got_keys}; expected one per implementation and length, "
+                          f"in order: {expected_keys}")
+    for row in rows:
+        seconds, peak = row.get("seconds"), row.get("peak_elements")
+        if not isinstance(seconds, float) or not seconds > 0 or not math.isfinite(seconds) or type(peak) is not int:
+            raise CheckFailed(f"{call_text}\n  row {row}: seconds must be a positive float and peak_elements an int")
+    growth = {(2.5, 6.0): ["attention()"], (1.4, 2.9): ["python loop", "tiled", "local"]}
+    for (low, high), which in growth.items():
+        for name in which:
+            peaks = [row["peak_elements"] for row in rows if row["name"] == name]
+            for small, large, L in zip(peaks, peaks[1:], LAB_SEQ_LENS[1:]):
+                if not small > 0 or not low <= large / small <= high:
+                    raise CheckFailed(f"{call_text}\n  the memory column of {name!r} went from {small:,} to {large:,} "
+                                      f"when L doubled to {L}; it should grow about "
+                                      f"{'4x (the [L, L] matrix)' if name == 'attention()' else '2x (linear in L)'}")
+
+
+# --- GPU-tagged: pending without CUDA (autograder/checks/__init__.run_check), graded on a CUDA host ------
+CUDA_DTYPES = [torch.float32, torch.float16]
+
+
+def cuda_case(case, dtype):
+    """The same case in `dtype` (the reference is computed from the rounded values)."""
+    cast = {name: getattr(case, name).to(dtype) for name in ("Q", "K", "V")}
+    mask = case.mask if case.mask is None or case.mask.dtype == torch.bool else case.mask.to(dtype)
+    return type(case)(**cast, mask=mask, scale=case.scale, seed=case.seed)
+
+
+@check("cuda_tiled_attention_matches", NOTEBOOK, gpu=True)
+def cuda_tiled_attention_matches(student):
+    @GRADING
+    @given(case_and_block=tiled_inputs(), dtype=st.sampled_from(CUDA_DTYPES))
+    @example(case_and_block=(fixed_case((2, 3, 40, 8), (2, 3, 40, 8), (2, 3, 40, 8)), 16), dtype=torch.float32)
+    def agrees_on_cuda(case_and_block, dtype):
+        case, block_size = case_and_block
+        case = cuda_case(case, dtype)
+        call_text = tiled_call_text(case, block_size) + " on CUDA"
+        outcome = student.call("tiled_attention", case.Q, case.K, case.V, mask=case.mask, scale=case.scale,
+                               block_size=block_size, tensor_device="cuda")
+        device_hint(outcome, call_text)
+        expect_no_error(outcome, call_text)
+        output = expect_tensor(outcome.value, "output", call_text)
+        expect_on_cuda(output, "output", call_text)
+        as64 = [t.to(torch.float64) for t in (case.Q, case.K, case.V)]
+        mask = case.mask if case.mask is None or case.mask.dtype == torch.bool else case.mask.to(torch.float64)
+        expected, _ = reference_attention(*as64, mask, case.scale)
+        low, _ = reference_attention(case.Q.float(), case.K.float(), case.V.float(),
+                                     mask if mask is None or mask.dtype == torch.bool else mask.float(), case.scale)
+        expect_close(output, expected, tolerance_for(dtype, expected, low.to(dtype)), "output", call_text)
+
+    agrees_on_cuda()
+
+
+@check("cuda_multi_head_attention_matches", NOTEBOOK, gpu=True)
+def cuda_multi_head_attention_matches(student):
+    L = 5
+    causal = torch.ones(L, L, dtype=torch.bool).tril()
+
+    @GRADING
+    @given(case=multi_head_inputs(grouped=True))
+    @example(case=multi_head_case(2, L, L, num_heads=4, d_head=2, num_kv_heads=2, cross=False, mask=causal))
+    @example(case=multi_head_case(2, 3, 6, num_heads=2, d_head=4))
+    def agrees_on_cuda(case):
+        call_text = case.describe() + " on CUDA"
+        outcome = student.call("multi_head_attention", *case.args(), tensor_device="cuda", **case.kwargs())
+        device_hint(outcome, call_text)
+        output, weights = expect_pair(outcome, call_text)
+        for name, value in (("output", output), ("weights", weights)):
+            expect_on_cuda(value, name, call_text)
+        as64 = [t.to(torch.float64) for t in case.args()]
+        ref_out, ref_weights = reference_multi_head_attention(*as64, case.num_heads, case.num_kv_heads, case.mask)
+        low_out, low_weights = reference_multi_head_attention(*case.args(), case.num_heads, case.num_kv_heads,
+                                                              case.mask)
+        expect_close(weights, ref_weights, tolerance_for(FLOAT32, ref_weights, low_weights), "weights", call_text)
+        expect_close(output, ref_out, tolerance_for(FLOAT32, ref_out, low_out), "output", call_text)
+
+    agrees_on_cuda()

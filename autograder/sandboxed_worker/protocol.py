@@ -46,6 +46,11 @@ def encode_handle(handle_id):
     return {"kind": "handle", "id": int(handle_id)}
 
 
+def encode_name(name):
+    """A module-level value of the student's notebook (IMPLEMENTATIONS), passed as an argument by name."""
+    return {"kind": "name", "name": str(name)}
+
+
 def encode_array(array, dtype_name, **meta):
     """A numpy array (already in its wire dtype) as a JSON-able dict."""
     wire = np.ascontiguousarray(array, dtype=WIRE_DTYPES[dtype_name])

@@ -145,15 +145,19 @@ def _make_tensor(spec, requires_grad_ok=True):
     return tensor
 
 
-def _make_value(spec, handles=None):
+def _make_value(spec, handles=None, namespace=None):
     if isinstance(spec, dict) and spec.get("kind") == "tensor":
         return _make_tensor(spec)
+    if isinstance(spec, dict) and spec.get("kind") == "name":  # a module-level value of the student's notebook
+        if namespace is None or spec.get("name") not in namespace:
+            raise ValueError(f"{spec.get('name')!r} is not defined in your notebook")
+        return namespace[spec["name"]]
     if isinstance(spec, dict) and spec.get("kind") == "handle":  # an object an earlier call made here
         if handles is None or spec.get("id") not in handles:
             raise ValueError(f"no object {spec.get('id')!r} lives in this worker")
         return handles[spec["id"]]
     if isinstance(spec, dict) and spec.get("kind") == "sequence":
-        items = [_make_value(s, handles) for s in spec["items"]]
+        items = [_make_value(s, handles, namespace) for s in spec["items"]]
         return tuple(items) if spec.get("type") == "tuple" else items
     if isinstance(spec, dict) and spec.get("kind") == "generator" and type(spec.get("seed")) is int:
         import torch
@@ -288,8 +292,8 @@ class Session:
     def _invoke(self, function, request):
         import torch
 
-        args = [_make_value(spec, self.handles) for spec in request.get("args", [])]
-        kwargs = {key: _make_value(spec, self.handles) for key, spec in request.get("kwargs", {}).items()}
+        args = [_make_value(spec, self.handles, self.namespace) for spec in request.get("args", [])]
+        kwargs = {key: _make_value(spec, self.handles, self.namespace) for key, spec in request.get("kwargs", {}).items()}
         inputs = [a for a in list(args) + list(kwargs.values()) if isinstance(a, torch.Tensor)]
         snapshots = [t.detach().clone() if t.device.type != "meta" else None for t in inputs]
         reply = {}
