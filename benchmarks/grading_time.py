@@ -1,6 +1,7 @@
 """Grading time per submission next to the floor, measured side by side in one process.
 
-    floor    = the submissions' notebooks, each executed once in a plain Jupyter kernel (nbclient)
+    floor    = the submissions' notebooks (all four: the main assignment and the bonus), each executed
+               once in a plain Jupyter kernel (nbclient)
     grading  = `make autograde` over the same submissions, one at a time (parallelism 1): the
                sandboxed kernel, the trusted hidden checks, feedback and grades.csv; its total
                divided by the number of submissions, so start-up costs are counted
@@ -30,7 +31,8 @@ import nbformat  # noqa: E402
 from nbclient import NotebookClient  # noqa: E402
 
 from tests.grading import grade_checks  # noqa: E402
-from tests.students import ASSIGNMENT, NOTEBOOKS, reference_answers, student_notebook, write_submission  # noqa: E402
+from tests.students import (ASSIGNMENT_OF, BONUS, NB4, NOTEBOOKS, reference_answers, student_notebook,  # noqa: E402
+                            write_submission)
 
 COURSE_FILES = ["course_config.py", "nbgrader_config.py", "Makefile", "requirements.lock", "autograder", "source",
                 "release", "tests"]
@@ -90,12 +92,14 @@ def main():
         subprocess.run(["make", "-o", ".venv/.installed", "release"], cwd=course, env=env(), check=True,
                        capture_output=True)
         students = [f"student{i:02d}" for i in range(args.students)]
-        for student in students:
+        for student in students:  # the main assignment and the bonus (Notebook 4)
             write_submission(course, student, {name: student_notebook(reference_answers(name), name=name)
                                                for name in NOTEBOOKS})
+            write_submission(course, student, {NB4: student_notebook(reference_answers(NB4), name=NB4)},
+                             assignment=BONUS)
         floors, gradings = [], []
         for _ in range(args.rounds):  # alternated, so both see the same machine state
-            floors.append(sum(floor_seconds(sorted((course / "submitted" / s / ASSIGNMENT).glob("*.ipynb")))
+            floors.append(sum(floor_seconds(sorted((course / "submitted" / s).glob("*/*.ipynb")))
                               for s in students) / len(students))
             gradings.append(autograde_seconds(course, parallelism=1) / len(students))
         cores = os.cpu_count() or 1
@@ -108,8 +112,8 @@ def main():
         print(f"batch: {len(students)} submissions in {batch:.1f} s with {cores} at a time "
               f"= {60 * len(students) / batch:.1f} submissions per minute")
         print("per notebook (reference answers): plain execution | hidden checks (wall)")
-        for name in NOTEBOOKS:
-            path = course / "submitted" / students[0] / ASSIGNMENT / f"{name}.ipynb"
+        for name in (*NOTEBOOKS, NB4):
+            path = course / "submitted" / students[0] / ASSIGNMENT_OF[name] / f"{name}.ipynb"
             print(f"  {name:28s} {floor_seconds([path]):6.2f} s | {hidden_checks_seconds(name):6.2f} s")
 
 
