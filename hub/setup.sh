@@ -74,14 +74,7 @@ cat > "$HUB_VENV/share/jupyter/lab/settings/overrides.json" <<'JSON'
 JSON
 # Every account's nbgrader (students' and grader's) finds the course and the exchange here.
 mkdir -p "$HUB_VENV/etc/jupyter"
-cat > "$HUB_VENV/etc/jupyter/nbgrader_config.py" <<CONFIG
-# Written by hub/setup.sh: the course every account on this hub takes part in, and the exchange.
-# (ATTENTION_SURGEON_EXCHANGE overrides the exchange: the hub passes it to every server it starts.)
-import os
-c = get_config()  # noqa: F821
-c.CourseDirectory.course_id = "attention-surgeon"
-c.Exchange.root = os.environ.get("ATTENTION_SURGEON_EXCHANGE", "$HUB_EXCHANGE")
-CONFIG
+sed "s|@HUB_EXCHANGE@|$HUB_EXCHANGE|" "$REPO/hub/nbgrader_config.students.py" > "$HUB_VENV/etc/jupyter/nbgrader_config.py"
 chmod a+r "$HUB_VENV/etc/jupyter/nbgrader_config.py"
 
 # 4. The exchange: writable by every account (nbgrader's documented ugo+rwx), with the sticky bit so
@@ -115,10 +108,8 @@ chown -R "$HUB_GRADER:" "$HUB_COURSE_DIR"
 chown -h "$HUB_GRADER:" "$HUB_COURSE_DIR/.venv"
 grader_home="$(getent passwd "$HUB_GRADER" | cut -d: -f6)"
 as_grader mkdir -p "$grader_home/.jupyter"
-as_grader tee "$grader_home/.jupyter/nbgrader_config.py" >/dev/null <<CONFIG
-# Written by hub/setup.sh: formgrader and nbgrader, run by this account anywhere, use the course's configuration.
-load_subconfig("$HUB_COURSE_DIR/course_config.py")  # noqa: F821
-CONFIG
+sed "s|@HUB_COURSE_DIR@|$HUB_COURSE_DIR|" "$REPO/hub/nbgrader_config.grader.py" \
+  | as_grader tee "$grader_home/.jupyter/nbgrader_config.py" >/dev/null
 as_grader mkdir -p "$grader_home/.jupyter/jupyter_server_config.d" "$grader_home/.jupyter/labconfig"
 as_grader tee "$grader_home/.jupyter/jupyter_server_config.d/attention-surgeon-grader.json" >/dev/null <<'JSON'
 {"ServerApp": {"jpserver_extensions": {"nbgrader.server_extensions.formgrader": true}}}

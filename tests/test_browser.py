@@ -87,6 +87,25 @@ def run_command(page, label):
     palette.press("Enter")
 
 
+def save_until_on_disk(page, server, path, typed_line):
+    """Ctrl+S, until the student's server has the notebook with `typed_line` in it. JupyterLab may ask
+    whether to overwrite a file that changed on disk (her earlier work was saved there through the API
+    moments before she opened it): the notebook open in the browser is hers, so Overwrite."""
+    import time
+
+    page.keyboard.press("Control+S")
+    changed = page.locator(".jp-Dialog", has_text="File Changed")
+    deadline = time.monotonic() + PAGE_WAIT_MS / 1000
+    while time.monotonic() < deadline:
+        if changed.count() and changed.is_visible():
+            changed.get_by_role("button", name="Overwrite").click()
+        sources = ["".join(c["source"]) for c in server.read_notebook(path)["cells"]]
+        if any("def create_causal_mask" in source and typed_line in source for source in sources):
+            return
+        page.wait_for_timeout(500)  # poll the server's copy; the assertion is on what it holds
+    raise AssertionError(f"{path} was not saved with the typed answer ({typed_line!r})")
+
+
 @pytest.fixture(scope="module")
 def student_session(hub, browser):
     """Alice does Notebook 1 in the browser and submits; Bob submits Notebook 3 through the API."""
@@ -133,7 +152,7 @@ def student_works(hub, page):
     passed.wait_for()
     passed.scroll_into_view_if_needed()
     shot(page, "04-notebook1-mask-test-passed.png")
-    page.keyboard.press("Control+S")
+    save_until_on_disk(page, server, path, causal_mask_answer().splitlines()[-1].strip())
 
     page.locator(".jp-NotebookPanel-toolbar").get_by_role("button", name="Validate").click()
     dialog = page.locator(".jp-Dialog")
