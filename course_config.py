@@ -11,6 +11,7 @@ Two ways this file is read:
 Change a limit here, not in the modules that use it.
 """
 import os
+import sys
 from importlib.util import find_spec
 from pathlib import Path
 
@@ -18,6 +19,10 @@ from pathlib import Path
 # The course
 # ---------------------------------------------------------------------------
 COURSE_ROOT = Path(__file__).resolve().parent
+# nbgrader names the course's own classes (autograder.pipeline..., autograder.collect...) by module path:
+# any nbgrader command that loads this file (formgrader's Collect button too) can import them.
+if str(COURSE_ROOT) not in sys.path:
+    sys.path.insert(0, str(COURSE_ROOT))
 COURSE_ID = "attention-surgeon"
 ASSIGNMENT = "attention_surgeon"
 # Notebook 4 is extra credit: an nbgrader assignment of its own, so its points only ever add to a
@@ -103,6 +108,17 @@ SUBMISSION_MAX_FILES = _policy("SUBMISSION_MAX_FILES", 100)
 # A notebook is read (to clear its stored outputs, which are never graded) only up to this size;
 # a larger one is graded as unanswered, with a note.
 NOTEBOOK_READ_MAX_MB = _policy("NOTEBOOK_READ_MAX_MB", 200)
+# Reading a notebook a student wrote (JSON parsed, checked, outputs cleared) happens in a child of the
+# grader with this much address space beyond the grader's own, and this much wall clock. A notebook
+# built to cost more (a list of millions of empty JSON objects costs about 450 bytes of memory per 3
+# bytes of file) is graded as unreadable, with a note; the batch goes on. (Measured: a notebook with
+# 190 MB of stored output is read within 1 GiB; 10 MB of empty objects reaches 3 GiB in about 30 s.)
+NOTEBOOK_PARSE_MEMORY_MB = _policy("NOTEBOOK_PARSE_MEMORY_MB", 3072)
+NOTEBOOK_PARSE_TIMEOUT_S = _policy("NOTEBOOK_PARSE_TIMEOUT_S", 120)
+# The Unix group of the course's students (hub/setup.sh makes it). Collection takes an exchange folder
+# only when the name it starts with is an account of this group, and that account made the folder
+# (autograder/collect.py): a folder named after a classmate, or after no student at all, is refused.
+STUDENT_GROUP = _policy("STUDENT_GROUP", "attention-surgeon-students")
 # Submissions graded at once by `make autograde`.
 # (0: one per core.)
 GRADING_PARALLELISM = _policy("PARALLELISM", 0) or max(1, os.cpu_count() or 1)
@@ -151,6 +167,9 @@ c.CourseDirectory.autograded_directory = "autograded"
 c.CourseDirectory.feedback_directory = "feedback"
 # A long SQLite busy timeout: parallel autograde processes share the gradebook.
 c.CourseDirectory.db_url = f"sqlite:///{COURSE_ROOT / 'gradebook.db'}?timeout=300"
+# Collection is the course's own (autograder/collect.py): no link followed, no special file copied, no
+# folder taken in another account's name. `nbgrader collect` and formgrader's Collect button use it.
+c.ExchangeFactory.collect = "autograder.collect.SafeExchangeCollect"
 # nbgrader's own copies (collect, autograde) skip larger files, with a warning.
 c.CourseDirectory.max_file_size = SUBMISSION_MAX_MB * 1024  # KB
 c.CourseDirectory.ignore = [".ipynb_checkpoints", "*.pyc", "__pycache__", "feedback", ".hypothesis"]

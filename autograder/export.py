@@ -9,12 +9,15 @@ missing points as zeros. This plugin writes the same columns, then
 
 It is nbgrader's own export (`nbgrader export`, `make export`, `make autograde`), selected in
 course_config.py with ExportApp.plugin_class. Values go through the csv module, so a name with
-a comma or a quote stays in its column.
+a comma or a quote stays in its column, and through `csv_cell`, so a student id that a spreadsheet
+would run as a formula (`=HYPERLINK(...)`) is shown as text.
 """
 import csv
 
 from nbgrader.api import MissingEntry
 from nbgrader.plugins import CsvExportPlugin
+
+from .safe_text import csv_cell
 
 COLUMNS = ["assignment", "duedate", "timestamp", "student_id", "last_name", "first_name", "email", "raw_score",
            "late_submission_penalty", "score", "max_score", "pending_points", "pending"]
@@ -37,7 +40,7 @@ class CsvWithPendingPlugin(CsvExportPlugin):
             writer = csv.DictWriter(handle, fieldnames=COLUMNS, lineterminator="\n")
             writer.writeheader()
             for row in self.rows(gradebook):
-                writer.writerow({key: "" if value is None else value for key, value in row.items()})
+                writer.writerow({key: "" if value is None else csv_cell(value) for key, value in row.items()})
 
     def rows(self, gradebook):
         for assignment in gradebook.assignments:

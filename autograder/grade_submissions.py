@@ -40,6 +40,7 @@ from .feedback import FLAGS, generate_feedback, save_reports
 from .nbgrader_cli import nbgrader_env, run_nbgrader
 from . import time_budget
 from .preflight import refuse_unless_sandbox_works
+from .safe_text import one_line
 from .sandbox import sweep_leftovers
 
 ROOT = course_config.COURSE_ROOT
@@ -200,24 +201,99 @@ class StagingBudget:
                 f"Submit only the notebooks and the files they need.")
 
 
+class OverBudget(Exception):
+    """Reading a notebook needed more memory or time than the course allows (NOTEBOOK_PARSE_*)."""
+
+
+def _vm_size_bytes():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmSize:"):
+            return int(line.split()[1]) << 10
+    return 0
+
+
+def within_limits(function, *args, memory_mb=None, timeout_s=None):
+    """`function(*args)` (JSON in, JSON out) in a forked child whose address space may grow by
+    `memory_mb` (NOTEBOOK_PARSE_MEMORY_MB) and which is killed after `timeout_s`
+    (NOTEBOOK_PARSE_TIMEOUT_S). Raises OverBudget past either; the exception of `function` as
+    ValueError. Whatever a student's notebook costs to read, it costs it there, not in the grader."""
+    import resource
+
+    memory = (memory_mb or course_config.NOTEBOOK_PARSE_MEMORY_MB) << 20
+    timeout = timeout_s or course_config.NOTEBOOK_PARSE_TIMEOUT_S
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns
+        try:
+            os.close(read_end)
+            limit = _vm_size_bytes() + memory
+            resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+            try:
+                reply = {"value": function(*args)}
+            except MemoryError:
+                reply = {"over": "memory"}
+            except RecursionError:
+                reply = {"error": "RecursionError: nested too deeply"}
+            except Exception as err:  # noqa: BLE001 - a student's file: any failure is a reason to report
+                reply = {"error": f"{type(err).__name__}: {str(err).splitlines()[0][:300] if str(err) else ''}"}
+            data = json.dumps(reply).encode()
+            view = memoryview(data)
+            while view:
+                view = view[os.write(write_end, view):]
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    chunks, deadline = [], time.monotonic() + timeout
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([read_end], [], [], left)[0]:
+                os.kill(pid, signal.SIGKILL)
+                raise OverBudget(f"more than {timeout} s")
+            chunk = os.read(read_end, 1 << 20)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(read_end)
+        os.waitpid(pid, 0)
+    try:
+        reply = json.loads(b"".join(chunks))
+    except ValueError:  # the child died without a word: killed by the memory cap, in C code
+        raise OverBudget(f"more than {memory >> 20} MB of memory") from None
+    if "over" in reply:
+        raise OverBudget(f"more than {memory >> 20} MB of memory")
+    if "error" in reply:
+        raise ValueError(reply["error"])
+    return reply["value"]
+
+
+def _read_and_clean(path, name, assignment):
+    """In the bounded child: the notebook as text to grade (outputs cleared, grade ids repaired), and notes."""
+    nb = nbformat.read(path, as_version=4)
+    problem = read_problem(nb)
+    if problem:
+        raise ValueError(problem)
+    clear_outputs(nb)
+    notes = repair_grade_ids(nb, name, assignment)
+    return nbformat.writes(nb), notes
+
+
 def stage_notebook(path, name, budget, assignment=ASSIGNMENT):
     """The notebook to grade as `name` (outputs cleared, grade ids repaired) and notes; None when it
-    cannot be used (the caller stages the blank release version instead)."""
+    cannot be used (the caller stages the blank release version instead). It is read in a child within
+    the course's limits (`within_limits`)."""
     size = path.stat().st_size
     if size > course_config.NOTEBOOK_READ_MAX_MB << 20:
         return None, [f"{path.name} is {size / 2**20:.0f} MB; the grader reads notebooks of at most "
                       f"{course_config.NOTEBOOK_READ_MAX_MB} MB, so it was graded as an unanswered notebook."]
     try:
-        nb = nbformat.read(path, as_version=4)
-    except Exception as err:  # noqa: BLE001 - reported below, like any unreadable notebook
-        nb, problem = None, f"{type(err).__name__}: {str(err).splitlines()[0][:300] if str(err) else ''}"
-    else:
-        problem = read_problem(nb)
-    if problem:
+        text, notes = within_limits(_read_and_clean, str(path), name, assignment)
+    except OverBudget as over:
+        return None, [f"{name} could not be read: reading it took {over} (a notebook of this size needs far "
+                      f"less; its JSON holds something else), so it was graded as an unanswered notebook."]
+    except ValueError as problem:
         return None, [f"{name} could not be read ({problem}); it was graded as an unanswered notebook."]
-    clear_outputs(nb)
-    notes = repair_grade_ids(nb, name, assignment)
-    text = nbformat.writes(nb)
     if not budget.take(path, len(text.encode())):
         return None, []  # the budget's note says so
     return text, notes
@@ -270,7 +346,8 @@ def grade_shard(keys):
         result = api.autograde(assignment, student, force=True, create=True)
         log = STAGING / "logs" / (f"{student}.log" if assignment == ASSIGNMENT else f"{student}-{assignment}.log")
         log.parent.mkdir(parents=True, exist_ok=True)
-        log.write_text((result.get("log") or "") + "\n" + (result.get("error") or ""))
+        text = (result.get("log") or "") + "\n" + (result.get("error") or "")
+        log.write_text("\n".join(one_line(line, 20_000) for line in text.splitlines()) + "\n")  # names inert
         print(json.dumps({"student": key, "ok": bool(result["success"]),
                           "seconds": time.monotonic() - started}), flush=True)
 
@@ -390,10 +467,30 @@ def autograde_all(submissions):
 
 
 def students(assignment=ASSIGNMENT):
+    """Every student with a submitted/<student>/<assignment>/ folder: real folders only. A link there
+    (to a classmate's folder, say) is never followed; `linked_submissions` names it for the grader."""
     submitted = ROOT / "submitted"
     if not submitted.is_dir():
         return []
-    return sorted(p.name for p in submitted.iterdir() if (p / assignment).is_dir() and not p.name.startswith("."))
+    return sorted(p.name for p in submitted.iterdir() if not p.name.startswith(".") and not p.is_symlink()
+                  and one_line(p.name) == p.name and (p / assignment).is_dir() and not (p / assignment).is_symlink())
+
+
+def ungradable_submissions():
+    """[(folder, why)] for what under submitted/ is never graded: a link (a student folder, or its
+    assignment folder, pointing at a classmate's, say), or a student id no account can have (it holds
+    control characters: nbgrader cannot grade it, and it could forge lines in this summary)."""
+    submitted = ROOT / "submitted"
+    found = []
+    for p in sorted(submitted.iterdir()) if submitted.is_dir() else []:
+        if p.is_symlink():
+            found.append((f"submitted/{p.name}", "is a symbolic link, not a submission (links are never followed)"))
+        elif p.is_dir() and one_line(p.name) != p.name:
+            found.append((f"submitted/{p.name}", "is not a student id: it holds control characters (or a backslash)"))
+        elif p.is_dir():
+            found += [(f"submitted/{p.name}/{a}", "is a symbolic link, not a submission (links are never followed)")
+                      for a in course_config.ASSIGNMENTS if (p / a).is_symlink()]
+    return found
 
 
 def submissions():
@@ -403,6 +500,8 @@ def submissions():
 
 def main():
     started = time.monotonic()
+    for folder, why in ungradable_submissions():
+        print(f"  NOT GRADED: {one_line(folder)} {why}")
     everyone = submissions()
     if not everyone:
         print(f"nothing to grade: no submitted/<student>/<assignment>/ folders for "
@@ -428,12 +527,15 @@ def main():
     generate_feedback(assignments)
     run_nbgrader("export", "--to=grades.csv", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     elapsed = time.monotonic() - started
+    # One line per submission: a student id, a file name or a note a student's code chose is shown inert
+    # (control characters written out), so none can forge a line or reach the terminal as a command.
     for r in reports:
         status = "ok" if r.ok else "NOT FINISHED"
-        print(f"  {r.student:24s} {r.assignment:24s} {status:12s} {r.seconds:6.1f} s  {' '.join(r.problems)}")
+        notes = one_line(" ".join(r.problems), limit=2000)
+        print(f"  {one_line(r.student, 60):24s} {r.assignment:24s} {status:12s} {r.seconds:6.1f} s  {notes}")
     for flags in sorted(FLAGS.glob("*.txt")) if FLAGS.is_dir() else []:
         for line in flags.read_text().splitlines():
-            print(f"  FLAGGED for a TA: {flags.stem}: {line}")
+            print(f"  FLAGGED for a TA: {one_line(flags.stem, 60)}: {one_line(line, 1000)}")
     print(f"graded {len(reports)} submission(s) in {elapsed:.1f} s with {course_config.GRADING_PARALLELISM} "
           f"at a time; grades.csv and feedback/ are written")
     return 0

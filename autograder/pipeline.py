@@ -34,6 +34,7 @@ import course_config
 from .checks import Verdict, run_checks
 from .sandbox import sandboxed_kernel_manager_class
 from .feedback import FLAGS
+from .safe_text import one_line
 from .student import SandboxedStudent
 from .time_budget import submission_deadline
 
@@ -256,7 +257,7 @@ def record_flags(info, flagged):
     FLAGS.mkdir(parents=True, exist_ok=True)
     with open(FLAGS / f"{info['student']}.txt", "a") as out:
         for name, message in flagged.items():
-            out.write(f"{info.get('notebook', '?')}: {name}: {message}\n")
+            out.write(f"{info.get('notebook', '?')}: {name}: {one_line(message, 1000)}\n")  # one line each
 
 
 def verdict_outputs(name, verdict):

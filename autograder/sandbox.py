@@ -56,8 +56,10 @@ def sandbox_prefix(extra_ro_binds=(), extra_binds=(), extra_tmpfs=(), chdir="/tm
         "--ro-bind-try", "/etc/fonts", "/etc/fonts",  # matplotlib's fontconfig (else it prints an error)
         "--proc", "/proc", "--dev", "/dev",
         # Every writable place is a tmpfs of its own size: tmpfs pages are the host's RAM, and
-        # neither RLIMIT_AS nor the file-size cap counts them.
+        # neither RLIMIT_AS nor the file-size cap counts them. (bwrap's own root and /dev are unsized
+        # tmpfs: both are made read-only at the end, see `_READ_ONLY_AT_THE_END`.)
         "--size", str(writable_bytes()), "--tmpfs", "/tmp",
+        "--size", str(writable_bytes()), "--tmpfs", "/dev/shm",
     ]
     for home in sorted(python_homes):
         args += ["--ro-bind", home, home]
@@ -70,9 +72,16 @@ def sandbox_prefix(extra_ro_binds=(), extra_binds=(), extra_tmpfs=(), chdir="/tm
         args += ["--ro-bind", str(source), str(target)]
     for source, target in extra_binds:
         args += ["--bind", str(source), str(target)]
-    for target in extra_tmpfs:
-        args += ["--size", str(writable_bytes()), "--tmpfs", str(target)]
-    return args + ["--chdir", chdir]
+    for target in extra_tmpfs:  # a path (SANDBOX_WRITABLE_MB), or (path, size in bytes)
+        target, size = target if isinstance(target, tuple) else (target, writable_bytes())
+        args += ["--size", str(size), "--tmpfs", str(target)]
+    return args + _READ_ONLY_AT_THE_END + ["--chdir", chdir]
+
+
+# bwrap builds the sandbox's root and /dev as tmpfs without a size: writable, they would let student
+# code fill the host's RAM (measured: 50 MB written to / and to /dev, root or not). Once every mount
+# point exists, both become read-only; the sized tmpfs mounted on them stay writable.
+_READ_ONLY_AT_THE_END = ["--remount-ro", "/dev", "--remount-ro", "/"]
 
 
 def writable_bytes():
@@ -250,13 +259,21 @@ SANDBOX_ASSIGNMENT_DIR = "/assignment"
 COPY_THEN_EXEC = 'cp -R "$0"/. . 2>/dev/null; find . -name "*.ipynb" -delete; exec "$@"'
 
 
-def kernel_command(kernel_argv, assignment_dir, work_dir, ipc_dir, cap):
+# Inside the sandbox: the folder of the kernel's IPC sockets, a tmpfs of its own (sockets take no
+# space; the size only stops a flood). The grader reaches the sockets from outside through the
+# sandbox's root as the host's /proc shows it (`sandboxed_ipc_path`): no folder of the host is writable.
+SANDBOX_IPC_DIR = "/ipc"
+SANDBOX_IPC_BYTES = 1 << 20
+
+
+def kernel_command(kernel_argv, assignment_dir, work_dir, connection_file, cap):
     """The student's Jupyter kernel in the sandbox. Its cwd, `work_dir`, is a tmpfs of
-    SANDBOX_WRITABLE_MB holding a copy of its assignment folder; it also sees the folder of its
-    IPC sockets, and nothing else of the host."""
+    SANDBOX_WRITABLE_MB holding a copy of its assignment folder; its sockets are in SANDBOX_IPC_DIR,
+    a tmpfs of its own; it reads its connection file (read-only) and sees nothing else of the host."""
     argv = [python_executable(), *kernel_argv[1:]]
-    prefix = sandbox_prefix(extra_ro_binds=[(assignment_dir, SANDBOX_ASSIGNMENT_DIR)], extra_tmpfs=[work_dir],
-                            extra_binds=[(ipc_dir, ipc_dir)], chdir=str(work_dir))
+    prefix = sandbox_prefix(extra_ro_binds=[(assignment_dir, SANDBOX_ASSIGNMENT_DIR),
+                                            (connection_file, connection_file)],
+                            extra_tmpfs=[work_dir, (SANDBOX_IPC_DIR, SANDBOX_IPC_BYTES)], chdir=str(work_dir))
     if not prefix:  # no sandbox (a trusted test machine): a copy on the host's disk
         shutil.copytree(assignment_dir, work_dir, ignore=shutil.ignore_patterns("*.ipynb"), symlinks=False)
         return limited_command([], argv, cap)
@@ -264,6 +281,26 @@ def kernel_command(kernel_argv, assignment_dir, work_dir, ipc_dir, cap):
     # poller would take for "my parent died". bwrap's --die-with-parent does that job.
     prefix += ["--unsetenv", "JPY_PARENT_PID"]
     return limited_command(prefix, ["/bin/sh", "-c", COPY_THEN_EXEC, SANDBOX_ASSIGNMENT_DIR] + argv, cap)
+
+
+def sandbox_root(launched_pid, timeout=30.0):
+    """The host's path of the root folder of the sandbox that `launched_pid` (the bwrap process a
+    Popen started) set up: /proc/<pid>/root of bwrap's first process inside the sandbox, once it is
+    there. Paths under it lead into the sandbox's own (tmpfs) folders."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        children = _read(f"/proc/{launched_pid}/task/{launched_pid}/children").split()
+        for child in children:
+            root = Path(f"/proc/{child}/root")
+            try:
+                if os.stat(root).st_ino != os.stat("/").st_ino or os.stat(root).st_dev != os.stat("/").st_dev:
+                    return root
+            except OSError:
+                pass
+        if not Path(f"/proc/{launched_pid}").exists():
+            break
+        time.sleep(0.01)
+    raise RuntimeError("the kernel's sandbox did not start")
 
 
 def python_executable():
@@ -308,13 +345,21 @@ def sandboxed_kernel_manager_class():
             argv = super().format_kernel_cmd(extra_arguments)
             if self.cap is None:
                 self.cap = process_cap()
-            return kernel_command(argv, self.assignment_dir, self.work_dir, self.ipc_dir, self.cap)
+            return kernel_command(argv, self.assignment_dir, self.work_dir, self.connection_file, self.cap)
+
+        async def _async_launch_kernel(self, kernel_cmd, **kw):
+            await super()._async_launch_kernel(kernel_cmd, **kw)
+            if self.sandboxed:  # from now on the grader's side reaches the sockets from outside
+                self.ip = str(sandbox_root(self.provisioner.process.pid)) + self.ip
 
         async def start_kernel(self, **kw):
             self.ipc_dir = Path(tempfile.mkdtemp(prefix=f"{IPC_PREFIX}{os.getpid()}-", dir=_short_temp_dir()))
             self.work_dir = self.ipc_dir / "work"  # a tmpfs inside the sandbox; a copy on the host without one
             self.transport = "ipc"
-            self.ip = str(self.ipc_dir / "kernel")
+            # Sandboxed, the kernel binds its sockets in its own tmpfs: the connection file it reads says
+            # SANDBOX_IPC_DIR; the grader connects through the sandbox's root (_async_launch_kernel).
+            self.sandboxed = sandbox_enabled()
+            self.ip = f"{SANDBOX_IPC_DIR}/kernel" if self.sandboxed else str(self.ipc_dir / "kernel")
             self.connection_file = str(self.ipc_dir / "kernel.json")
             # The kernel sees a copy of its own assignment folder (data files, the student's
             # helper modules), never the folder nbgrader writes the graded notebook to.

@@ -77,6 +77,13 @@ mkdir -p "$HUB_VENV/etc/jupyter"
 sed "s|@HUB_EXCHANGE@|$HUB_EXCHANGE|" "$REPO/hub/nbgrader_config.students.py" > "$HUB_VENV/etc/jupyter/nbgrader_config.py"
 chmod a+r "$HUB_VENV/etc/jupyter/nbgrader_config.py"
 
+# Collection (autograder/collect.py) never copies a file with a second hard link; with Linux's
+# protected_hardlinks (Debian's default) no account can link another's file, so a classmate cannot
+# make a student's own notebook look like one.
+if [ "$(cat /proc/sys/fs/protected_hardlinks 2>/dev/null)" != 1 ]; then
+  sysctl -qw fs.protected_hardlinks=1 2>/dev/null || say "WARNING: could not set fs.protected_hardlinks=1"
+fi
+
 # 4. The exchange: writable by every account (nbgrader's documented ugo+rwx), with the sticky bit so
 #    that no account can delete or rename another's entries.
 mkdir -p "$HUB_EXCHANGE"
@@ -108,7 +115,8 @@ chown -R "$HUB_GRADER:" "$HUB_COURSE_DIR"
 chown -h "$HUB_GRADER:" "$HUB_COURSE_DIR/.venv"
 grader_home="$(getent passwd "$HUB_GRADER" | cut -d: -f6)"
 as_grader mkdir -p "$grader_home/.jupyter"
-sed "s|@HUB_COURSE_DIR@|$HUB_COURSE_DIR|" "$REPO/hub/nbgrader_config.grader.py" \
+sed -e "s|@HUB_COURSE_DIR@|$HUB_COURSE_DIR|" -e "s|@HUB_STUDENT_GROUP@|$HUB_STUDENT_GROUP|" \
+  "$REPO/hub/nbgrader_config.grader.py" \
   | as_grader tee "$grader_home/.jupyter/nbgrader_config.py" >/dev/null
 as_grader mkdir -p "$grader_home/.jupyter/jupyter_server_config.d" "$grader_home/.jupyter/labconfig"
 as_grader tee "$grader_home/.jupyter/jupyter_server_config.d/attention-surgeon-grader.json" >/dev/null <<'JSON'

@@ -10,6 +10,7 @@ bystander is graded in the same batch.
 import copy
 import json
 import re
+import resource
 import socket
 import threading
 import time
@@ -28,9 +29,16 @@ MASK_POINTS = check_points()["causal_mask"] + check_points()["reverse_mask"]
 LIMITS = {"ATTENTION_SURGEON_CELL_TIMEOUT_S": "8", "ATTENTION_SURGEON_CALL_TIMEOUT_S": "30",
           "ATTENTION_SURGEON_WORKER_START_TIMEOUT_S": "90", "ATTENTION_SURGEON_SUBMISSION_TIMEOUT_S": "400",
           "ATTENTION_SURGEON_MEMORY_LIMIT_MB": "4096", "ATTENTION_SURGEON_MAX_PROCESSES": "64",
-          "ATTENTION_SURGEON_SANDBOX_WRITABLE_MB": "128"}
+          "ATTENTION_SURGEON_SANDBOX_WRITABLE_MB": "128", "ATTENTION_SURGEON_NOTEBOOK_PARSE_MEMORY_MB": "1024"}
+PARSE_MEMORY_MB = 1024
 WRITABLE_MB = 128
 FLOOD_FILE_MB = 60  # the flood writes files of this size until the sandbox refuses
+# Names a student chose (issue 18): an id a spreadsheet runs as a formula, an id and a file name that
+# forge summary lines and set the terminal's title.
+FORMULA_ID = '=HYPERLINK("http:"&CHAR(47)&CHAR(47)&"evil.example";"open")'
+FORGER_ID = "forger\n  bystander attention_surgeon ok 12.0 s\x1b]0;pwned\x07"
+FORGED_FILE = "x\n  FLAGGED for a TA: bystander: copied from a classmate\x1b]2;title\x07.ipynb"
+FLOODED = ("/tmp", ".", "..", "/", "/dev", "/dev/shm")
 ORPHAN_MARK = "7371"  # `sleep 73710` etc.: what the orphan attack leaves behind, if anything
 
 
@@ -83,10 +91,11 @@ for target in [{grades_csv}, "../../../grades.csv"]:
         print("NO", target, type(err).__name__)
 """),
         "infinite_loop": attack("while True:\n    pass"),
-        # 40 files of 60 MB into /tmp (a tmpfs: the host's RAM) and into the kernel's working folder.
+        # 40 files of 60 MB into /tmp (a tmpfs: the host's RAM), into the kernel's working folder and its
+        # parent (where its IPC sockets used to be: the host's disk), into the sandbox's root and /dev.
         "floods_writable_places": attack(f"""
 import os
-for folder in ("/tmp", "."):
+for folder in {FLOODED!r}:
     written = 0
     for i in range(40):
         try:
@@ -171,7 +180,12 @@ def broken_inputs():
     duplicated.cells.append(copy.deepcopy(solution))
     huge = copy.deepcopy(correct)
     huge.cells[1].outputs = [nbformat.v4.new_output("stream", name="stdout", text="y" * 100_000_000)]
-    return {"deleted_tests": deleted, "edited_tests": edited, "tests_to_markdown": to_markdown,
+    # Valid JSON, 190 MB (under the 200 MB read limit): one cell's metadata holds a list of empty objects,
+    # 3 bytes each in the file and about 450 bytes each once parsed (issue 18: 30 MB cost 12.5 GB).
+    bomb = json.loads(nbformat.writes(correct))
+    bomb["cells"][0]["metadata"]["x"] = "BOMB"
+    bomb = json.dumps(bomb).replace('"BOMB"', "[" + ",".join(["{}"] * (190_000_000 // 3)) + "]")
+    return {"deleted_tests": deleted, "edited_tests": edited, "tests_to_markdown": to_markdown, "json_bomb": bomb,
             "duplicate_grade_ids": duplicated, "empty_file": "", "huge_stored_output": huge,
             **metadata_games(correct)}
 
@@ -262,6 +276,19 @@ class SharedMemoryPeak:
         self._thread.join()
 
 
+class DiskPeak(SharedMemoryPeak):
+    """The largest growth of the used space of the file system that holds `folder` while it is open."""
+
+    def __init__(self, folder):
+        super().__init__()
+        self.folder = folder
+
+    def _shmem_mb(self):
+        import shutil
+
+        return shutil.disk_usage(self.folder).used / 2**20
+
+
 def orphan_processes():
     found = []
     for proc in psutil.process_iter(["cmdline"]):
@@ -283,22 +310,28 @@ def hostile_batch(tmp_path_factory):
             write_submission(course, student, {NB1: nb})
         (course / "submitted" / "missing_notebook" / "attention_surgeon").mkdir(parents=True)
         write_submission(course, "renamed_copy", {f"{NB1}-Copy1": student_notebook(honest_base())})
+        folder = write_submission(course, FORMULA_ID, {NB1: student_notebook(honest_base())})
+        nbformat.write(student_notebook({}), folder / FORGED_FILE)
+        write_submission(course, FORGER_ID, {NB1: student_notebook(honest_base())})
+        (course / "submitted" / "linked_classmate").mkdir()
+        (course / "submitted" / "linked_classmate" / "attention_surgeon").symlink_to("../bystander/attention_surgeon")
         before = tree_digest(course / "submitted")
         started = time.monotonic()
         # This batch's sandboxes live here, so leftovers can be told apart from those of tests running
         # beside it. The path is long on purpose: kernel sockets must still find a short enough home.
         scratch = course / "scratch" / ("long-tmpdir-" * 3)
         scratch.mkdir(parents=True)
-        with SharedMemoryPeak() as shmem:
+        with SharedMemoryPeak() as shmem, DiskPeak(scratch) as disk:
             result = make(course, "autograde", env={**LIMITS, "TMPDIR": str(scratch)}, timeout=1800)
         elapsed = time.monotonic() - started
+        peak_rss_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # the largest process of it
         time.sleep(1)
         received = list(listener.received)
     finally:
         listener.close()
     return {"course": course, "before": before, "elapsed": elapsed, "received": received,
             "output": result.stdout, "orphans": orphan_processes(), "scratch": scratch,
-            "shmem_growth_mb": shmem.growth_mb}
+            "shmem_growth_mb": shmem.growth_mb, "disk_growth_mb": disk.growth_mb, "peak_rss_mb": peak_rss_mb}
 
 
 def autograded_text(course, student):
@@ -318,10 +351,32 @@ def test_every_attack_gains_nothing_and_no_other_grade_moves(hostile_batch):
         "bystander": FULL,
         "rewrites_later_cells": 0.0,  # later cells are `pass`, in the kernel and in the worker: masks undefined
         "fused_through_getattr": MASK_POINTS,  # correct but ready-made attention: every attention check is lost
-        "empty_file": 0.0, "missing_notebook": 0.0,
+        "empty_file": 0.0, "missing_notebook": 0.0, "json_bomb": 0.0,
     })
     assert grades == expected
-    assert len(grades) == 25
+    assert len(grades) == 27 and "'" + FORMULA_ID in grades  # not the forger, not the linked folder
+
+
+def test_names_students_chose_are_inert_in_the_terminal_and_in_grades_csv(hostile_batch):
+    """Before (issue 18): a file name with newlines forged a FLAGGED line and a fake summary line, escape
+    sequences set the grader's terminal title, and a folder named =HYPERLINK(...) became a formula in
+    grades.csv. Now: one line per submission, no control byte, no cell a spreadsheet would run."""
+    import csv
+
+    output = hostile_batch["output"]
+    assert not [c for c in output if ord(c) < 32 and c != "\n"], "no control character reaches the terminal"
+    lines = output.splitlines()
+    assert [line for line in lines if line.startswith("  FLAGGED")] == \
+        [line for line in lines if line.startswith("  FLAGGED for a TA: tampers_with_tripwires: ")]
+    assert len([line for line in lines if line.startswith("  bystander ")]) == 1
+    assert len([line for line in lines if line.startswith("  " + FORMULA_ID[:20])]) == 1
+    assert "NOT GRADED: submitted/forger\\n  bystander attention_surgeon ok 12.0 s\\x1b]0;pwned\\x07 is not a " \
+           "student id" in output
+    assert "NOT GRADED: submitted/linked_classmate/attention_surgeon is a symbolic link" in output
+    assert "x\\n  FLAGGED for a TA: bystander: copied from a classmate\\x1b]2;title\\x07.ipynb is not one of" in output
+    with open(hostile_batch["course"] / "grades.csv", newline="") as f:
+        cells = [cell for row in csv.reader(f) for cell in row]
+    assert not [cell for cell in cells if cell.startswith(("=", "+", "-", "@", "\t", "\r"))]
 
 
 def test_the_batch_finishes_in_bounded_time_and_leaves_nothing_running(hostile_batch):
@@ -379,7 +434,14 @@ def test_writable_places_in_the_sandbox_are_capped(hostile_batch):
     course = hostile_batch["course"]
     outputs = autograded_text(course, "floods_writable_places")
     cap_files = WRITABLE_MB // FLOOD_FILE_MB
-    assert f"FLOOD /tmp {cap_files}" in outputs and f"FLOOD . {cap_files}" in outputs
+    for folder in ("/tmp", ".", "..", "/dev/shm"):
+        assert f"FLOOD {folder} {cap_files}\\n" in outputs, (folder, outputs)
+    for folder in ("/", "/dev"):  # bwrap's own unsized tmpfs: read-only
+        assert f"FLOOD {folder} 0\\n" in outputs, (folder, outputs)
+    # Before (issue 18): the kernel's working folder's parent was its IPC folder on the host's disk,
+    # and 48 files of 63 MiB grew the host's disk by 2995 MiB. (Tests beside this one write some too.)
+    print(f"the host's disk grew by at most {hostile_batch['disk_growth_mb']:.0f} MB during the batch")
+    assert hostile_batch["disk_growth_mb"] < 1024
     # At most every sandbox of the batch full at once: two shards, each a kernel (/tmp and its
     # folder) and a worker (/tmp), plus room for the host's own changes meanwhile.
     bound = 2 * 3 * WRITABLE_MB + 512  # (tests beside this one use some too: a browser, its /dev/shm)
@@ -400,6 +462,19 @@ def test_killed_or_stopped_kernels_get_a_clear_reason(hostile_batch):
     assert "ran longer than 8 s" in autograded_text(course, "infinite_loop")
     assert "kernel died" in autograded_text(course, "os_exit")
     assert "MemoryError" in autograded_text(course, "memory_hog")
+
+
+def test_a_notebook_built_to_exhaust_memory_is_read_within_the_budget(hostile_batch):
+    """Before (issue 18): staging parsed every notebook in the grader's own process; 30 MB of empty JSON
+    objects cost 12.5 GB. Now it is read in a child capped at NOTEBOOK_PARSE_MEMORY_MB beyond the
+    grader's own size, graded as unanswered with a note, and the batch goes on."""
+    course = hostile_batch["course"]
+    notes = unescape((course / "feedback" / "json_bomb" / "attention_surgeon" / "grading_notes.html").read_text())
+    assert f"could not be read: reading it took more than {PARSE_MEMORY_MB} MB of memory" in notes
+    print(f"the largest process of the batch peaked at {hostile_batch['peak_rss_mb']:.0f} MB")
+    # The cap is on address space beyond the grader's own (a few hundred MB; the kernels import torch).
+    assert hostile_batch["peak_rss_mb"] < PARSE_MEMORY_MB + 2048
+    assert read_grades(course)["bystander"] == FULL
 
 
 def test_broken_notebooks_get_a_clear_note(hostile_batch):

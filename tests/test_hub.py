@@ -9,20 +9,52 @@ RLIMIT_NPROC in the sandbox's user namespace); the grader releases feedback; eac
 student fetches it and sees only their own.
 """
 import base64
+import json
 import os
 import time
 
+import nbformat
 import pytest
 
 from tests.conftest import grade_rows, tree_digest
 from tests.grading import check_points, cuda_available, decidable_points, gpu_checks
 from tests.hub_host import ASSIGNMENT, leftover_processes, requires_hub_host, setup_hub, teardown_hub
-from tests.students import NB1, NB3, NOTEBOOKS, reference_answers, student_notebook
+from tests.students import NB1, NB2, NB3, NOTEBOOKS, reference_answers, student_notebook
 from tests.test_autograde import NO_SCALE, NO_SCALE_FAILS, WRITTEN_ANSWERS
 
 pytestmark = [requires_hub_host, pytest.mark.hub]
 
 CORRECT, BUGGY = "s1", "s2"  # account names get the hub's tag in front
+ATTACKER = "s3"  # a student account that writes into the exchange by hand (no server of its own)
+ATTACK_STAMP = "2026-12-01 10:00:00.000000 UTC"
+LATER_STAMP = "2099-01-01 10:00:00.000000 UTC"  # newer than any real submission of this test
+LEAKS = "print('LEAKED', open('gradebook.db', 'rb').read(16))"  # beside the kernel's notebook, if it were there
+
+
+def plant_links(hub, attacker, victim, course_notebook):
+    """What the attacker leaves in the exchange (third round of hostile students, issue 18):
+    their own submission holding links to the grader's files and to a classmate's submission, a FIFO,
+    and a Notebook 2 that reads a gradebook beside it; a newer submission that is itself a link to the
+    course's source folder; and a submission in the victim's name."""
+    inbound = hub.exchange / "attention-surgeon" / "inbound"
+    victims = [p for p in inbound.iterdir() if p.name.startswith(f"{victim}+")]
+    mine = inbound / f"{attacker}+{ASSIGNMENT}+{ATTACK_STAMP}+AAAAAAAAAAAA"
+    hub.run_as(attacker, "mkdir", str(mine))
+    hub.run_as(attacker, "tee", str(mine / "timestamp.txt"), input_text=ATTACK_STAMP)
+    links = {f"{NB1}.ipynb": hub.course / "source" / ASSIGNMENT / f"{NB1}.ipynb",
+             "gradebook.db": hub.course / "gradebook.db",
+             "classmate": victims[0],
+             "course": hub.course}
+    for name, target in links.items():
+        hub.run_as(attacker, "ln", "-s", str(target), str(mine / name))
+    hub.run_as(attacker, "mkfifo", str(mine / "a_fifo"))
+    hub.run_as(attacker, "tee", str(mine / f"{NB2}.ipynb"), input_text=course_notebook)
+    hub.run_as(attacker, "ln", "-s", str(hub.course / "source" / ASSIGNMENT),
+               str(inbound / f"{attacker}+{ASSIGNMENT}+{LATER_STAMP}+BBBBBBBBBBBB"))
+    forged = inbound / f"{victim}+{ASSIGNMENT}+{LATER_STAMP}+CCCCCCCCCCCC"
+    hub.run_as(attacker, "mkdir", str(forged))
+    hub.run_as(attacker, "tee", str(forged / "timestamp.txt"), input_text=LATER_STAMP)
+    hub.run_as(attacker, "tee", str(forged / f"{NB1}.ipynb"), input_text=json.dumps(student_notebook({})))
 
 
 def answers_for(student, name):
@@ -37,7 +69,8 @@ def answers_for(student, name):
 @pytest.fixture(scope="module")
 def cycle():
     tag = f"hc{os.getpid() % 100000}"
-    hub = setup_hub(tag, students=[f"{tag}-{CORRECT}", f"{tag}-{BUGGY}"])
+    hub = setup_hub(tag, students=[f"{tag}-{CORRECT}", f"{tag}-{BUGGY}", f"{tag}-{ATTACKER}"])
+    attacker = f"{tag}-{ATTACKER}"
     times = {"hub/setup.sh": hub.setup_seconds}
     try:
         def timed(step, action, *args, **kw):
@@ -52,6 +85,8 @@ def cycle():
 
         servers = {}
         for student in hub.students:
+            if student == attacker:
+                continue
             token = timed("spawn servers", hub.start_server, student)
             servers[student] = hub.server(student, token)
         offered = {s: srv.assignments() for s, srv in servers.items()}
@@ -68,13 +103,17 @@ def cycle():
                 server.save_notebook(path, student_notebook(answers, name=name, mutate=mutate, base=fetched))
             timed("fetch and submit", server.action, "submit")
 
-        timed("collect", hub.run_as, hub.grader, "nbgrader", "collect", ASSIGNMENT, cwd=hub.course)
+        leaky = student_notebook(reference_answers(NB2), name=NB2)
+        leaky.cells.insert(2, nbformat.v4.new_code_cell(LEAKS))
+        plant_links(hub, attacker, f"{tag}-{CORRECT}", json.dumps(leaky))
+        collected = timed("collect", hub.run_as, hub.grader, "nbgrader", "collect", ASSIGNMENT, cwd=hub.course)
         submitted_before = tree_digest(hub.course / "submitted")
         graded = timed("make autograde", hub.run_as, hub.grader, "make", "autograde", cwd=hub.course)
         timed("release feedback", hub.run_as, hub.grader, "nbgrader", "release_feedback", ASSIGNMENT,
               cwd=hub.course)
         after_feedback = {s: timed("fetch feedback", srv.action, "fetch_feedback") for s, srv in servers.items()}
         yield {"hub": hub, "servers": servers, "offered": offered, "graded": graded, "times": times,
+               "collected": collected, "attacker": attacker,
                "submitted_before": submitted_before, "after_feedback": after_feedback}
     finally:
         teardown_hub(hub)
@@ -93,7 +132,7 @@ def test_grader_account_grades_without_root_and_says_which_process_cap_holds(cyc
     assert owner != 0 and (hub.course / "gradebook.db").stat().st_uid == owner
     log = graded.stdout + graded.stderr
     assert "process cap: RLIMIT_NPROC = 256 inside the sandbox's user namespace" in log, log[-3000:]
-    assert "graded 2 submission(s)" in log
+    assert "graded 3 submission(s)" in log
 
 
 def test_grades_csv_holds_the_exact_scores(cycle):
@@ -142,7 +181,8 @@ def test_students_cannot_read_each_other_through_the_exchange(cycle):
     course_exchange = hub.exchange / "attention-surgeon"
     inbound = course_exchange / "inbound"
     feedback = course_exchange / "feedback"
-    submissions = sorted(p for p in inbound.iterdir())
+    submissions = sorted(p for p in inbound.iterdir() if "+" + ATTACK_STAMP not in p.name
+                         and "+" + LATER_STAMP not in p.name)  # the attacker's folders: see below
     assert len(submissions) == 2 and {p.name.split("+")[0] for p in submissions} == {correct, buggy}
     # nbgrader's design: inbound/ and feedback/ can be written (submit) and passed through, not listed;
     # a submission's folder ends in 72 random bits, and a feedback page is named by the hash of the
@@ -157,7 +197,8 @@ def test_students_cannot_read_each_other_through_the_exchange(cycle):
     guesses = [inbound / f"{correct}+{ASSIGNMENT}", inbound / correct, feedback / correct]
     result = hub.run_as(buggy, "ls", *map(str, guesses), check=False)
     assert result.returncode != 0 and result.stdout == "", result
-    assert len(list(feedback.iterdir())) == 6  # 3 pages for each student; each fetched only their own 3
+    # 3 pages for each student (the attacker's too, for what was collected of theirs)
+    assert len(list(feedback.iterdir())) == 9
 
 
 def test_nothing_is_left_running_but_the_servers(cycle):
@@ -236,3 +277,34 @@ def test_the_sandbox_holds_for_the_grader_account(cycle, tmp_path):
     time.sleep(0.5)
     left = leftover_processes(hub)
     assert "sleep" not in left and "worker.py" not in left and hub.grader not in left, left
+
+
+def test_collection_follows_no_link_and_takes_no_folder_in_a_classmates_name(cycle):
+    """Before (issue 18): collect copied the linked source notebook and gradebook into the attacker's
+    submission (70 of 70 Notebook 1 points, the gradebook's bytes in their feedback), and a folder in a
+    classmate's name replaced the classmate's submission (70 -> 0). Now neither reaches submitted/."""
+    hub, attacker = cycle["hub"], cycle["attacker"]
+    correct = f"{hub.tag}-{CORRECT}"
+    theirs = hub.course / "submitted" / attacker / ASSIGNMENT
+    assert sorted(p.name for p in theirs.iterdir()) == sorted([f"{NB2}.ipynb", "timestamp.txt"])
+    secret = (hub.course / "source" / ASSIGNMENT / f"{NB1}.ipynb").read_bytes()
+    for path in (hub.course / "submitted").rglob("*"):
+        assert not path.is_symlink(), path
+        if path.is_file():
+            assert b"SQLite format 3" not in path.read_bytes() and path.read_bytes() != secret, path
+    # The links reached no kernel, feedback page or score: Notebook 1 was not submitted, so it scores 0.
+    rows = grade_rows(hub.course)
+    assert float(rows[attacker]["raw_score"]) == 0.0
+    for page in (hub.course / "feedback" / attacker / ASSIGNMENT).glob("*.html"):
+        assert "SQLite format 3" not in page.read_text()
+    autograded = (hub.course / "autograded" / attacker / ASSIGNMENT / f"{NB2}.ipynb").read_text()
+    assert "FileNotFoundError" in autograded and "LEAKED" not in autograded.replace(LEAKS, "")
+    # The classmate's own submission was graded, with all its points (test_grades_csv_holds_the_exact_scores).
+    assert float(rows[correct]["raw_score"]) == sum(sum(decidable_points(n).values()) for n in NOTEBOOKS)
+    said = cycle["collected"].stderr
+    refused = [line for line in said.splitlines() if "NOT COLLECTED" in line]
+    assert len(refused) == 2, said
+    assert any(f"claims to be {correct}'s submission but the account {attacker} made it" in line for line in refused)
+    assert any(f"{attacker}+{ASSIGNMENT}+{LATER_STAMP}" in line and "symbolic link" in line for line in refused)
+    for name in (f"{NB1}.ipynb", "gradebook.db", "classmate", "course", "a_fifo"):
+        assert any(f": {name}: " in line for line in said.splitlines() if "left out of" in line), (name, said)
