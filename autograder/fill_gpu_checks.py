@@ -4,7 +4,8 @@ left pending, and nothing else.
 For every autograded notebook whose GPU-check grades are still pending (no score, flagged
 "needs manual grade", no manual score), it runs just those checks against the student's code (in
 the sandboxed worker, on CUDA), writes their verdicts into the autograded notebook and the
-gradebook, then regenerates feedback and grades.csv. Every other grade, and every manual grade,
+gradebook, then regenerates feedback (with each student's grading notes, as `make feedback` does) and
+grades.csv. Every other grade, and every manual grade,
 is left as it is.
 """
 import logging
@@ -20,7 +21,9 @@ import course_config
 
 from .checks import REGISTRY
 from .nbgrader_cli import run_nbgrader
-from .pipeline import decide_checks, hidden_check_name, student_code, student_written_code, verdict_outputs
+from .feedback import generate_feedback
+from .pipeline import (decide_checks, graded_answers, hidden_check_name, student_code, student_written_code,
+                       verdict_outputs)
 from .preflight import refuse_unless_sandbox_works
 
 
@@ -59,7 +62,8 @@ def main():
             pending = pending_gpu_cells(nb, grades)
             if not pending:
                 continue
-            verdicts = decide_checks(student_code(nb), student_written_code(nb), [n for _, n, _ in pending], True, _Log())
+            verdicts = decide_checks(student_code(nb), student_written_code(nb), graded_answers(nb),
+                                     [n for _, n, _ in pending], True, _Log())
             for cell, name, grade in pending:
                 verdict = verdicts[name]
                 if verdict.status == "pending":
@@ -72,8 +76,7 @@ def main():
             os.chmod(path, stat.S_IRUSR | stat.S_IWUSR | stat.S_IRGRP | stat.S_IROTH)
             nbformat.write(nb, path)
             os.chmod(path, stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)  # nbgrader leaves it read-only
-    for assignment in course_config.ASSIGNMENTS:
-        run_nbgrader("generate_feedback", assignment, "--force", check=False)
+    generate_feedback(list(course_config.ASSIGNMENTS), quiet=False)  # the grading notes are written back too
     run_nbgrader("export", "--to=grades.csv")
     print(f"filled in {filled} pending GPU check(s)")
     return 0

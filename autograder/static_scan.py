@@ -30,7 +30,20 @@ TAMPERING_ROUTES = (
     "_disable_current_modes", "_DisableTorchDispatch", "_pop_mode", "_push_mode", "_set_dispatch_mode",
     "_get_current_dispatch_mode", "_len_torch_dispatch_stack", "_pop_torch_dispatch_stack",
     "_python_dispatch", "TorchDispatchMode", "_unset_dispatch_mode",
+    # dispatcher keys switched off around a computation (the mode stack never sees its ops)
+    "_ExcludeDispatchKeyGuard", "_IncludeDispatchKeyGuard", "DispatchKeySet", "_ForceDispatchKeyGuard",
+    "_AutoDispatchBelowADInplaceOrView", "_dispatch_tls",
 )
+
+# Names (never parts of a name, never text in a string) of code the scan cannot read, or of ways to reach
+# any module or object by a name it cannot read.
+EXACT_ROUTES = ("exec", "eval", "compile", "__import__", "importlib", "builtins", "__builtins__", "__dict__",
+                "__code__", "modules", "gc", "pickle", "marshal", "FunctionType", "CodeType")
+
+# What the in-process measure of memory (OpRecorder) cannot see: work in another thread or process, or
+# outside PyTorch (numpy). A memory check of code that takes one is decided by a TA (find_memory_routes).
+MEMORY_ROUTES = ("threading", "_thread", "Thread", "multiprocessing", "concurrent", "fork", "subprocess",
+                 "numpy", "from_numpy", "ctypes", "np")
 
 
 def _normalise(text):
@@ -138,15 +151,61 @@ def _dotted(node):
     return ".".join(reversed(parts))
 
 
-def find_tampering(sources):
-    """[(cell number, line, what was found)] for every route that could switch off the worker's detection of
-    ready-made attention: TAMPERING_ROUTES, and torch.ops reached by a computed name (getattr(torch.ops.aten,
-    name) with a name the scan cannot read), which no word list can follow."""
-    findings = _find_words(sources, TAMPERING_ROUTES)
+def _find_names(sources, words):
+    """[(cell, line, word)] for every name, attribute or imported name of `sources` that is exactly one of `words`."""
+    findings = []
     for cell_number, tree in enumerate(_parse(sources), start=1):
         for node in ast.walk(tree) if tree is not None else ():
-            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "getattr"
-                    and len(node.args) >= 2 and "ops" in _dotted(node.args[0]).split(".")
-                    and _fold(node.args[1]) is None):
-                findings.append((cell_number, node.lineno, f"getattr({_dotted(node.args[0])}, <computed name>)"))
+            names = ([node.id] if isinstance(node, ast.Name) else [node.attr] if isinstance(node, ast.Attribute)
+                     else [*node.name.split("."), node.asname or ""] if isinstance(node, ast.alias) else [])
+            findings += [(cell_number, getattr(node, "lineno", 0), n) for n in names if n in words]
+    return findings
+
+
+def _imported_names(trees):
+    """Names an import statement binds in the student's code (json, np, F, torch, ...)."""
+    names = set()
+    for tree in trees:
+        for node in ast.walk(tree) if tree is not None else ():
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                names |= {(alias.asname or alias.name).split(".")[0] for alias in node.names}
+    return names
+
+
+def _root(node):
+    while isinstance(node, (ast.Attribute, ast.Subscript, ast.Call)):
+        node = node.func if isinstance(node, ast.Call) else node.value
+    return node.id if isinstance(node, ast.Name) else None
+
+
+def find_tampering(sources):
+    """[(cell number, line, what was found)] for every route that could switch off the worker's own
+    measures (its tripwires, its trace of the dispatcher's ops and of memory) or edit its replies:
+    TAMPERING_ROUTES; an imported module or class changed by assignment (`json.dumps = ...`, `setattr`,
+    `delattr`: the worker's own code uses them too); and getattr on an imported module by a name the
+    scan cannot read (getattr(F, ''.join(reversed(...)))), which no word list can follow."""
+    findings = _find_words(sources, TAMPERING_ROUTES) + _find_names(sources, EXACT_ROUTES)
+    trees = _parse(sources)
+    imported = _imported_names(trees)
+    for cell_number, tree in enumerate(trees, start=1):
+        for node in ast.walk(tree) if tree is not None else ():
+            targets = []
+            if isinstance(node, (ast.Assign, ast.AugAssign, ast.AnnAssign, ast.Delete)):
+                targets = node.targets if isinstance(node, (ast.Assign, ast.Delete)) else [node.target]
+            for target in targets:
+                if isinstance(target, ast.Attribute) and _root(target) in imported:
+                    findings.append((cell_number, node.lineno, f"{_dotted(target) or target.attr} changed"))
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.args:
+                first = node.args[0]
+                if node.func.id in ("setattr", "delattr") and not (isinstance(first, ast.Name) and first.id == "self"):
+                    findings.append((cell_number, node.lineno, f"{node.func.id}({_dotted(first) or '...'}, ...)"))
+                if (node.func.id == "getattr" and len(node.args) >= 2 and _fold(node.args[1]) is None
+                        and (_root(first) in imported or "ops" in _dotted(first).split("."))):
+                    findings.append((cell_number, node.lineno, f"getattr({_dotted(first)}, <computed name>)"))
     return sorted(set(findings))
+
+
+def find_memory_routes(sources):
+    """[(cell number, line, what was found)] for work the worker's measure of memory cannot see (another
+    thread or process, numpy): MEMORY_ROUTES, in the cells of the functions whose memory is checked."""
+    return sorted(set(_find_names(sources, MEMORY_ROUTES)))

@@ -403,7 +403,7 @@ def test_tampering_routes_are_flagged_for_a_ta(hostile_batch):
                                                                    "tampers_with_tripwires").grades}
         flagged = grades["check_attention_no_fused_kernels"]
         assert flagged.needs_manual_grade and flagged.auto_score is None
-    assert "FLAGGED for a TA: bystander" not in hostile_batch["output"]
+    assert not [line for line in hostile_batch["output"].splitlines() if line.startswith("  FLAGGED for a TA: bystander")]
 
 
 def test_no_network(hostile_batch):

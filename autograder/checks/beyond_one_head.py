@@ -20,7 +20,8 @@ import course_config
 from ..reference import reference_attention, reference_multi_head_attention, tolerance_for, torch_multi_head_attention
 from ..strategies import (GRADING, attention_inputs, fixed_case, head_shapes, multi_head_case, multi_head_inputs,
                           random_values)
-from . import CheckFailed, check
+from . import CheckFailed, NeedsTA, check
+from ..static_scan import find_memory_routes, find_tampering
 from ..student import InNotebook
 from .attention import expected_for
 from .attention_on_cuda import device_hint, expect_on_cuda
@@ -344,8 +345,25 @@ def tiled_attention_edge_cases(student):
         expect_value_error(student.call("tiled_attention", Q, K, V, block_size=block_size), call_text, what_is_wrong)
 
 
+def refuse_unseen_memory(student, grade_id):
+    """The memory a call uses is measured in the student's own process (the worker's OpRecorder), so
+    its word is only taken for code that takes no route around the measure: none that could switch
+    it off or edit the worker's reply (find_tampering, in any cell), and in the function's own cell no
+    work it cannot see (another thread or process, numpy: find_memory_routes). Code that takes one
+    is decided by a TA (NeedsTA: pending, "needs manual grade", named in `make autograde`'s summary)."""
+    routes = [(f"cell {cell}", line, what) for cell, line, what in find_tampering(student.sources)]
+    own = (student.answers or {}).get(grade_id)
+    routes += [(f"your {grade_id} cell", line, what) for _, line, what in find_memory_routes([own] if own else [])]
+    if routes:
+        where = "; ".join(f"{what} ({cell}, line {line})" for cell, line, what in routes[:5])
+        raise NeedsTA(f"flagged for a TA: the grader measures memory inside the process that runs your code, "
+                      f"and your code takes a route around that measure ({where}). A TA will read it and "
+                      f"decide this check by hand.")
+
+
 def expect_within(student, function, args, kwargs, call_text, intermediate, what_bound):
     """The largest tensor the call creates holds at most twice the inputs, the output or `intermediate`."""
+    refuse_unseen_memory(student, function)
     outcome = student.call(function, *args, trace=True, **kwargs)
     expect_no_error(outcome, call_text)
     output = expect_tensor(outcome.value, "output", call_text)
@@ -487,6 +505,7 @@ def kv_cache_overflow_keeps_the_cache(student):
 
 @check("kv_cache_allocates_once", NOTEBOOK)
 def kv_cache_allocates_once(student):
+    refuse_unseen_memory(student, "kv_cache")
     B, H_kv, d, max_len = 2, 2, 4, 32
     cache, story = new_cache(student, max_len=max_len, batch=B, num_kv_heads=H_kv, d_head=d)
     for step in range(6):                                                      # 24 positions held

@@ -169,29 +169,40 @@ def _make_value(spec, handles=None, namespace=None):
     raise ValueError(f"cannot build an argument from {spec!r}")
 
 
+def _storage(leaf):
+    try:
+        return leaf.untyped_storage()
+    except Exception:  # noqa: BLE001 - not a tensor, or one without storage (meta)
+        return None
+
+
+def storages_of(values):
+    """The data pointers of the storages of every tensor in `values` (nested lists, tuples, dicts)."""
+    from torch.utils._pytree import tree_leaves
+
+    return {s.data_ptr() for s in map(_storage, tree_leaves(values)) if s is not None}
+
+
 class OpRecorder:
     """Records the dispatcher ops and fused entry points used during one call, and the largest block of
-    memory any op newly allocates (`largest`, in elements of the new storage). A view (a slice, a
-    transpose, an expanded mask) or an in-place write shares its input's storage and allocates nothing."""
+    memory any op works in (`largest`, in elements of its storage): every storage an op reads or writes
+    that is not one of `known` (the grader's own arguments; for a method, the tensors its object holds).
+    A view (a slice, a transpose, an expanded mask) of an argument costs nothing; a tensor the call
+    makes costs its size, and so does a buffer made before the call (when a cell ran) and filled in
+    place during it: it holds the same numbers a new tensor would."""
 
-    def __init__(self):
+    def __init__(self, known=()):
         self.seen = set()
         self.largest = 0
+        self.known = set(known)
 
     def _measure(self, inputs, result):
         from torch.utils._pytree import tree_leaves
 
-        def storage(leaf):
-            try:
-                return leaf.untyped_storage()
-            except Exception:  # noqa: BLE001 - not a tensor, or one without storage (meta)
-                return None
-
-        shared = {s.data_ptr() for s in map(storage, tree_leaves(inputs)) if s is not None}
-        for leaf in tree_leaves(result):
-            new = storage(leaf)
-            if new is not None and new.data_ptr() not in shared:
-                self.largest = max(self.largest, new.nbytes() // max(leaf.element_size(), 1))
+        for leaf in tree_leaves((inputs, result)):
+            storage = _storage(leaf)
+            if storage is not None and storage.data_ptr() not in self.known:
+                self.largest = max(self.largest, storage.nbytes() // max(leaf.element_size(), 1))
 
     def __enter__(self):
         from torch.utils._python_dispatch import TorchDispatchMode
@@ -287,9 +298,13 @@ class Session:
             return {"raised": {"type": type(err).__name__, "message": _short(err)}}
         if name == "__len__":
             request = dict(request, args=[{"kind": "handle", "id": request["handle"]}], kwargs={})
-        return self._invoke(function, request)
+        try:
+            held = [v for v in vars(obj).values()]
+        except TypeError:  # an object without __dict__
+            held = []
+        return self._invoke(function, request, held=held)
 
-    def _invoke(self, function, request):
+    def _invoke(self, function, request, held=()):
         import torch
 
         args = [_make_value(spec, self.handles, self.namespace) for spec in request.get("args", [])]
@@ -298,7 +313,7 @@ class Session:
         snapshots = [t.detach().clone() if t.device.type != "meta" else None for t in inputs]
         reply = {}
         _TRIPWIRE_HITS.clear()
-        recorder = OpRecorder() if request.get("trace") else None
+        recorder = OpRecorder(known=storages_of([inputs, list(held)])) if request.get("trace") else None
         try:
             if recorder:
                 with recorder:
