@@ -14,6 +14,7 @@ export PYTHONPATH := $(CURDIR)
 export MPLBACKEND := Agg
 NBGRADER := $(VENV)/bin/nbgrader
 ASSIGNMENT := attention_surgeon
+ASSIGNMENTS := attention_surgeon attention_surgeon_bonus
 # The torch build in .venv: TORCH=cpu (the default: PyTorch's CPU-only wheel, for a grader without a
 # GPU) or TORCH=cuda (PyPI's build, with several GB of NVIDIA libraries, for a CUDA host), e.g.
 # `rm -rf .venv && make venv TORCH=cuda`. requirements.lock pins the version either way.
@@ -22,7 +23,7 @@ TORCH_VERSION := 2.13.0
 TORCH_cpu := torch==$(TORCH_VERSION)+cpu --extra-index-url https://download.pytorch.org/whl/cpu
 TORCH_cuda := torch==$(TORCH_VERSION)
 
-.PHONY: help venv hub release validate autograde autograde-gpu feedback export test gpu-check lab clean-grading
+.PHONY: help venv hub release validate collect autograde autograde-gpu feedback export test gpu-check lab clean-grading
 .DEFAULT_GOAL := help
 
 help: ## this list (plain `make` prints it too)
@@ -49,6 +50,11 @@ release: venv ## instructor: release/ and solutions/ from source/, then the leak
 validate: venv ## student: public tests of NB=path/to/notebook.ipynb; fails when one fails
 	@test -n "$(NB)" || { echo "usage: make validate NB=path/to/notebook.ipynb"; exit 2; }
 	$(PY) -m autograder.validate "$(NB)"
+
+# Grader on the hub: nbgrader collect for both assignments, through the course's own collect step
+# (autograder/collect.py: no link followed, no folder in another account's name).
+collect: venv ## grader: nbgrader collect for every assignment (links refused, names checked)
+	@for a in $(ASSIGNMENTS); do $(NBGRADER) collect $$a || exit $$?; done
 
 # Grader: every submission under submitted/<student>/$(ASSIGNMENT)/ -> gradebook, autograded/, feedback/, grades.csv
 autograde: venv ## grader: every submitted/<student>/attention_surgeon/ -> gradebook, feedback/, grades.csv

@@ -39,6 +39,8 @@ TAMPERING_ROUTES = (
 # any module or object by a name it cannot read.
 EXACT_ROUTES = ("exec", "eval", "compile", "__import__", "importlib", "builtins", "__builtins__", "__dict__",
                 "__code__", "modules", "gc", "pickle", "marshal", "FunctionType", "CodeType")
+# Of those, the builtins that count only called by their bare name (model.eval() and torch.compile are fine).
+BUILTIN_ONLY = ("exec", "eval", "compile", "__import__")
 
 # What the in-process measure of memory (OpRecorder) cannot see: work in another thread or process, or
 # outside PyTorch (numpy). A memory check of code that takes one is decided by a TA (find_memory_routes).
@@ -158,6 +160,8 @@ def _find_names(sources, words):
         for node in ast.walk(tree) if tree is not None else ():
             names = ([node.id] if isinstance(node, ast.Name) else [node.attr] if isinstance(node, ast.Attribute)
                      else [*node.name.split("."), node.asname or ""] if isinstance(node, ast.alias) else [])
+            if not isinstance(node, ast.Name):
+                names = [n for n in names if n not in BUILTIN_ONLY]
             findings += [(cell_number, getattr(node, "lineno", 0), n) for n in names if n in words]
     return findings
 

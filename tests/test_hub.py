@@ -28,7 +28,8 @@ CORRECT, BUGGY = "s1", "s2"  # account names get the hub's tag in front
 ATTACKER = "s3"  # a student account that writes into the exchange by hand (no server of its own)
 ATTACK_STAMP = "2026-12-01 10:00:00.000000 UTC"
 LATER_STAMP = "2099-01-01 10:00:00.000000 UTC"  # newer than any real submission of this test
-LEAKS = "print('LEAKED', open('gradebook.db', 'rb').read(16))"  # beside the kernel's notebook, if it were there
+LEAKS = ("try:\n    print('LEAKED', open('gradebook.db', 'rb').read(16))\n"  # beside the kernel's notebook, if it were
+         "except OSError as err:\n    print('NOT THERE', type(err).__name__)")  # there
 
 
 def plant_links(hub, attacker, victim, course_notebook):
@@ -41,6 +42,7 @@ def plant_links(hub, attacker, victim, course_notebook):
     mine = inbound / f"{attacker}+{ASSIGNMENT}+{ATTACK_STAMP}+AAAAAAAAAAAA"
     hub.run_as(attacker, "mkdir", str(mine))
     hub.run_as(attacker, "tee", str(mine / "timestamp.txt"), input_text=ATTACK_STAMP)
+    hub.run_as(attacker, "tee", str(mine / "submission_secret.txt"), input_text="0" * 128)  # as nbgrader submit writes
     links = {f"{NB1}.ipynb": hub.course / "source" / ASSIGNMENT / f"{NB1}.ipynb",
              "gradebook.db": hub.course / "gradebook.db",
              "classmate": victims[0],
@@ -286,19 +288,21 @@ def test_collection_follows_no_link_and_takes_no_folder_in_a_classmates_name(cyc
     hub, attacker = cycle["hub"], cycle["attacker"]
     correct = f"{hub.tag}-{CORRECT}"
     theirs = hub.course / "submitted" / attacker / ASSIGNMENT
-    assert sorted(p.name for p in theirs.iterdir()) == sorted([f"{NB2}.ipynb", "timestamp.txt"])
+    assert sorted(p.name for p in theirs.iterdir()) == sorted([f"{NB2}.ipynb", "submission_secret.txt",
+                                                                 "timestamp.txt"])
     secret = (hub.course / "source" / ASSIGNMENT / f"{NB1}.ipynb").read_bytes()
     for path in (hub.course / "submitted").rglob("*"):
         assert not path.is_symlink(), path
         if path.is_file():
             assert b"SQLite format 3" not in path.read_bytes() and path.read_bytes() != secret, path
-    # The links reached no kernel, feedback page or score: Notebook 1 was not submitted, so it scores 0.
+    # The links reached no kernel, feedback page or score: Notebook 1 was not collected, so it scores 0,
+    # and the attacker's score is their own Notebook 2's.
     rows = grade_rows(hub.course)
-    assert float(rows[attacker]["raw_score"]) == 0.0
+    assert float(rows[attacker]["raw_score"]) == sum(decidable_points(NB2).values())
     for page in (hub.course / "feedback" / attacker / ASSIGNMENT).glob("*.html"):
         assert "SQLite format 3" not in page.read_text()
     autograded = (hub.course / "autograded" / attacker / ASSIGNMENT / f"{NB2}.ipynb").read_text()
-    assert "FileNotFoundError" in autograded and "LEAKED" not in autograded.replace(LEAKS, "")
+    assert "NOT THERE FileNotFoundError" in autograded and "LEAKED " not in autograded
     # The classmate's own submission was graded, with all its points (test_grades_csv_holds_the_exact_scores).
     assert float(rows[correct]["raw_score"]) == sum(sum(decidable_points(n).values()) for n in NOTEBOOKS)
     said = cycle["collected"].stderr
