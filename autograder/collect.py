@@ -19,12 +19,12 @@ all go through it:
 Everything refused or left out is reported to the grader by name (names made inert: safe_text).
 """
 import grp
-import logging
 import os
 import pwd
 import stat
 from fnmatch import fnmatch
 
+from nbgrader.api import Gradebook, MissingEntry
 from nbgrader.exchange.default.collect import ExchangeCollect, groupby
 from nbgrader.utils import parse_utc
 from traitlets import Unicode
@@ -32,8 +32,6 @@ from traitlets import Unicode
 import course_config
 
 from .safe_text import one_line
-
-log = logging.getLogger("attention_surgeon.collect")
 
 MAX_DEPTH = 16  # folders inside a submission; deeper ones are left out
 NOFOLLOW_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -222,8 +220,6 @@ class SafeExchangeCollect(ExchangeCollect):
             except Refused as why:
                 self._refuse(entry.name, str(why))
         self.duedate = None
-        from nbgrader.api import Gradebook, MissingEntry
-
         with Gradebook(self.coursedir.db_url, self.coursedir.course_id) as gb:
             try:
                 self.duedate = gb.find_assignment(self.coursedir.assignment_id).duedate

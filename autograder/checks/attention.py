@@ -1,4 +1,5 @@
-"""Hidden checks of Notebook 1: attention from scratch (../shared/DESIGN.md section 4).
+"""Hidden checks of Notebook 1: attention from scratch (the contract: README.md, "The
+assignment", and the source notebook source/attention_surgeon/01_attention_from_scratch.ipynb).
 
 Trusted code. Every check compares the student's results with the float64
 reference of autograder/reference.py on inputs from autograder/strategies.py,

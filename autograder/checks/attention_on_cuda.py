@@ -1,4 +1,4 @@
-"""GPU-tagged hidden checks of Notebook 1 (DESIGN section 7): the student's functions on CUDA.
+"""GPU-tagged hidden checks of Notebook 1 (README.md, "GPU-tagged cells"): the student's functions on CUDA.
 
 Trusted code. Inputs are made here, sent to the worker with tensor_device="cuda",
 and the results are compared with the float64 CPU reference at the tolerances

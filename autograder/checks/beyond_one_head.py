@@ -1,6 +1,6 @@
 """Hidden checks of Notebook 4 (the bonus assignment): heads, multi-head and grouped-query attention,
-attention dropout, tiled and local attention, the KV cache and decoding (../shared/DESIGN.md section 4,
-"Notebook 4"). A KVCache lives in the student's worker between calls (StudentCode.call(keep=True) and
+attention dropout, tiled and local attention, the KV cache and decoding (the contract: README.md,
+"The assignment", and source/attention_surgeon_bonus/04_beyond_one_head.ipynb). A KVCache lives in the student's worker between calls (StudentCode.call(keep=True) and
 StudentCode.method).
 
 Trusted code. Multi-head attention is compared with PyTorch's own torch.nn.MultiheadAttention

@@ -1,4 +1,5 @@
-"""Hidden checks of Notebook 3: breaking attention (../shared/DESIGN.md section 4).
+"""Hidden checks of Notebook 3: breaking attention (the contract: README.md, "The
+assignment", and the source notebook source/attention_surgeon/03_breaking_attention.ipynb).
 
 Trusted code. Three lessons, each checked by what the student's code produces:
 

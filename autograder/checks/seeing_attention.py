@@ -1,4 +1,5 @@
-"""Hidden checks of Notebook 2: seeing attention (../shared/DESIGN.md section 4).
+"""Hidden checks of Notebook 2: seeing attention (the contract: README.md, "The assignment", and the
+source notebook source/attention_surgeon/02_seeing_attention.ipynb).
 
 Trusted code. The figures come back from the worker as data (autograder/student.py
 `FigureSummary`: per axes the title, axis labels, ticks and heatmap images, drawn
