@@ -91,9 +91,20 @@ SANDBOX_WRITABLE_MB = _policy("SANDBOX_WRITABLE_MB", 256)
 # Process cap for the sandbox that runs student code (threads count too:
 # torch starts one per core).
 MAX_PROCESSES = _policy("MAX_PROCESSES", 256)
-# What student code may print into a notebook (per cell) and into feedback.
-OUTPUT_MAX_LINES = 1000
-OUTPUT_MAX_CHARS = 10_000
+# What student code may print into a notebook (per cell) and into feedback: past either, the rest of
+# the cell's output is dropped with a note (autograder/pipeline.py, SandboxedExecute).
+OUTPUT_MAX_LINES = _policy("OUTPUT_MAX_LINES", 1000)
+OUTPUT_MAX_CHARS = _policy("OUTPUT_MAX_CHARS", 10_000)
+# No file a process of a sandbox writes (nor a pipe of its output) grows past this (RLIMIT_FSIZE).
+FILE_SIZE_LIMIT_MB = _policy("FILE_SIZE_LIMIT_MB", 64)
+# The wire between the grader and a sandboxed worker (autograder/sandboxed_worker/protocol.py): the
+# largest reply the grader reads, the most elements of one returned tensor it decodes (its shape is
+# always read), the items of a returned tuple, list or dict it looks at, and the characters kept of a
+# repr or an error message. Far above any generated input: guards against a flood.
+WIRE_MAX_MESSAGE_MB = _policy("WIRE_MAX_MESSAGE_MB", 64)
+WIRE_MAX_ARRAY_ELEMENTS = _policy("WIRE_MAX_ARRAY_ELEMENTS", 1 << 22)
+WIRE_MAX_ITEMS = _policy("WIRE_MAX_ITEMS", 64)
+WIRE_MAX_TEXT_CHARS = _policy("WIRE_MAX_TEXT_CHARS", 2000)
 # Wall-clock limit for grading one whole submission (all its notebooks: the kernel's run and the
 # hidden checks). Inside, checks and cells stop when it runs out and the student's notes say so;
 # outside, the batch stops that student's grading SUBMISSION_GRACE_S later, for good (no second try).
@@ -121,7 +132,7 @@ NOTEBOOK_PARSE_TIMEOUT_S = _policy("NOTEBOOK_PARSE_TIMEOUT_S", 120)
 STUDENT_GROUP = _policy("STUDENT_GROUP", "attention-surgeon-students")
 # Submissions graded at once by `make autograde`.
 # (0: one per core.)
-GRADING_PARALLELISM = _policy("PARALLELISM", 0) or max(1, os.cpu_count() or 1)
+GRADING_PARALLELISM = _policy("GRADING_PARALLELISM", 0) or max(1, os.cpu_count() or 1)
 # Student code runs under bubblewrap. "required": refuse to grade when the
 # sandbox cannot start. "off": explicit opt-out (a trusted test machine only).
 SANDBOX = _policy("SANDBOX", "required", choices=("required", "off"))
@@ -136,7 +147,7 @@ ALLOW_NO_PROCESS_CAP = _policy("ALLOW_NO_PROCESS_CAP", False)
 # GPU-tagged checks run where torch sees CUDA ("auto"). Where it does not, or with "off" (e.g. to
 # keep a shared GPU free), they are recorded as pending: neither passed nor failed, no score,
 # "needs manual grade". `make autograde-gpu` on a CUDA host fills them in later.
-GRADE_ON_CUDA = _policy("CUDA", "auto", choices=("auto", "off"))
+GRADE_ON_CUDA = _policy("GRADE_ON_CUDA", "auto", choices=("auto", "off"))
 
 # Hypothesis: every student gets the same examples (see autograder/strategies.py).
 HYPOTHESIS_MAX_EXAMPLES = 25

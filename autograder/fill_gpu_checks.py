@@ -27,9 +27,7 @@ from .pipeline import (decide_checks, graded_answers, hidden_check_name, student
 from .preflight import refuse_unless_sandbox_works
 
 
-class _Log:
-    def info(self, *args):
-        pass
+log = logging.getLogger(__name__)
 
 
 def pending_gpu_cells(nb, grades):
@@ -63,7 +61,7 @@ def main():
             if not pending:
                 continue
             verdicts = decide_checks(student_code(nb), student_written_code(nb), graded_answers(nb),
-                                     [n for _, n, _ in pending], True, _Log())
+                                     [n for _, n, _ in pending], True, log)
             for cell, name, grade in pending:
                 verdict = verdicts[name]
                 if verdict.status == "pending":

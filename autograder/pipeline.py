@@ -104,7 +104,7 @@ class SandboxedExecute(Execute):
 
     * hidden-check calls are not run there: their cells run as a comment, and
       TrustedChecks writes their outputs;
-    * what a cell prints is capped (`max_output_chars`), whatever its shape;
+    * what a cell prints is capped (`max_output_chars`, `max_output_lines`), whatever its shape;
     * a cell that runs past the time limit, or a kernel that dies, stops the
       run with a note on that cell; the notebook is still graded as far as it
       can be (hidden checks run in their own worker).
@@ -112,6 +112,8 @@ class SandboxedExecute(Execute):
 
     max_output_chars = Integer(course_config.OUTPUT_MAX_CHARS,
                                help="Characters of output kept per cell; the rest is dropped.").tag(config=True)
+    max_output_lines = Integer(course_config.OUTPUT_MAX_LINES,
+                               help="Lines of output kept per cell; the rest is dropped.").tag(config=True)
 
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("kernel_manager_class", sandboxed_kernel_manager_class())
@@ -166,14 +168,18 @@ class SandboxedExecute(Execute):
                 f"kernel was stopped; the cells after it were not run")
 
     def output(self, outs, msg, display_id, cell_index):
-        text = str(msg.get("content", ""))
-        used = self._output_chars.get(cell_index, 0)
-        self._output_chars[cell_index] = used + len(text)
-        if used + len(text) <= self.max_output_chars:
+        content = msg.get("content", {})
+        text = str(content)
+        lines = str(content.get("text", "")).count("\n") if isinstance(content, dict) and "text" in content else 1
+        used, used_lines = self._output_chars.get(cell_index, (0, 0))
+        self._output_chars[cell_index] = (used + len(text), used_lines + lines)
+        if used + len(text) <= self.max_output_chars and used_lines + lines <= self.max_output_lines:
             return super().output(outs, msg, display_id, cell_index)
-        if used <= self.max_output_chars:
+        if used <= self.max_output_chars and used_lines <= self.max_output_lines:
+            self._output_chars[cell_index] = (self.max_output_chars + 1, self.max_output_lines + 1)  # noted once
             outs.append(new_output("stream", name="stdout", text=(
-                f"\n[output truncated: this cell printed more than {self.max_output_chars} characters]\n")))
+                f"\n[output truncated: this cell printed more than {self.max_output_chars} characters or "
+                f"{self.max_output_lines} lines]\n")))
         return None
 
     def _note(self, nb, message, ename="NotebookStopped"):

@@ -46,7 +46,11 @@ def preflight():
     Returns a sentence naming the process cap in force. Raises SandboxUnavailable if the
     worker does not answer, or if no cap stopped the probe and course_config does not allow that.
     """
-    mechanism = process_cap().describe()  # what a sandbox gets here (the probe's own worker gets one too)
+    cap = process_cap()  # what a sandbox gets here (the probe's own worker gets one too)
+    try:
+        mechanism = cap.describe()
+    finally:
+        cap.kill_all()  # an empty group, removed: a batch leaves nothing behind
     most = course_config.MAX_PROCESSES + PROBE_MARGIN
     with SandboxedStudent([PROBE_CODE]) as probe:
         try:

@@ -1,5 +1,7 @@
-"""`make release`: student notebooks and solutions from source/, then the leak check.
+"""`make release`: the checks' declared points into the notebooks and README.md (points.py), then
+student notebooks and solutions from source/, then the leak check.
 
+    checks' @check(points=...)  --points.sync-------------------> source/ hidden cells, README.md
     source/<assignment>/*.ipynb --nbgrader generate_assignment--> release/<assignment>/
                                 --nbgrader generate_solution---> solutions/<assignment>/
 
@@ -14,6 +16,7 @@ import nbformat
 
 import course_config
 
+from . import points
 from .nbgrader_cli import run_nbgrader
 
 HIDDEN_MARKERS = ("BEGIN HIDDEN TESTS", "END HIDDEN TESTS", "hidden_check", "import autograder",
@@ -69,6 +72,11 @@ def release(assignment):
 
 def main():
     started = time.monotonic()
+    for path, change in points.sync():
+        print(f"{path.relative_to(course_config.COURSE_ROOT)}: {change}")
+    for problem in points.problems():
+        print(f"RELEASE REFUSED: {problem}", file=sys.stderr)
+        return 1
     for assignment in course_config.ASSIGNMENTS:  # the main assignment, then the bonus (Notebook 4)
         if not release(assignment):
             return 1

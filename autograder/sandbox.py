@@ -10,6 +10,7 @@ course_config.py. Its process cap is a cgroup where the grader may make one
 (root), and RLIMIT_NPROC in its own user namespace where it may not (an
 ordinary grader account, as on JupyterHub): see `process_cap`.
 """
+import json
 import os
 import shutil
 import signal
@@ -21,9 +22,10 @@ from pathlib import Path
 
 import course_config
 
+from .sandboxed_worker import protocol
+
 WORKER_DIR = Path(__file__).resolve().parent / "sandboxed_worker"
 SANDBOX_WORKER_DIR = "/grader"  # where the worker's files appear inside the sandbox
-FILE_SIZE_LIMIT = 64 << 20  # no file (or pipe of output) written in the sandbox grows past this
 
 
 class SandboxUnavailable(RuntimeError):
@@ -96,6 +98,7 @@ def sandbox_environment(home="/tmp"):
         "MPLBACKEND": "Agg", "MPLCONFIGDIR": f"{home}/.matplotlib", "IPYTHONDIR": f"{home}/.ipython",
         "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1",
         "PYTHONUNBUFFERED": "1",
+        protocol.LIMITS_VARIABLE: json.dumps(protocol.wire_limits()),
     }
 
 
@@ -247,7 +250,7 @@ def limited_command(sandbox, command, cap):
     `cap` and the memory and file-size caps of course_config. The cgroup is joined outside, before
     bwrap starts; the rlimits are set inside, where RLIMIT_NPROC counts the sandbox's user namespace."""
     memory = course_config.MEMORY_LIMIT_MB << 20
-    limits = ["prlimit", f"--as={memory}", f"--fsize={FILE_SIZE_LIMIT}", "--core=0", *cap.prlimit_options, "--"]
+    limits = ["prlimit", f"--as={memory}", f"--fsize={course_config.FILE_SIZE_LIMIT_MB << 20}", "--core=0", *cap.prlimit_options, "--"]
     return ["/bin/sh", "-c", 'echo $$ > "$0" 2>/dev/null; exec "$@"', cap.procs_file, *sandbox, *limits, *command]
 
 

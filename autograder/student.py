@@ -220,8 +220,14 @@ class StudentCode:
     answers: dict = None  # grade id -> the cells they fill in (the ready-made-attention rule reads these)
     check_deadline = None  # the running check's time budget (time_budget.check_deadline), if any
 
+    def _uses(self, name):
+        """Remember that the running check read the student's `name` (the hidden_check in an instructor's
+        kernel holds this against the names the check declares it grades)."""
+        self.__dict__.setdefault("used", set()).add(str(name))
+
     def value(self, name):
         """The value of a module-level name in the student's notebook (an answer like HEAD_ROLES)."""
+        self._uses(name)
         return _decode_outcome(self._request({"op": "value", "name": name}, course_config.CALL_TIMEOUT_S))
 
     def call(self, function, *args, grad=(), grad_outputs=None, trace=False, tensor_device="cpu", timeout=None,
@@ -230,6 +236,7 @@ class StudentCode:
         `grad_outputs` (one tensor or None per returned tensor) asks for a backward pass;
         tensor arguments are sent to `tensor_device`; `timeout` replaces CALL_TIMEOUT_S (experiments);
         `keep` keeps what it returns in the worker (Outcome.handle) for later calls and `method`."""
+        self._uses(function)
         request = {
             "op": "call", "function": function, "trace": trace, "keep": keep,
             "args": [encode_argument(a, i in grad, tensor_device) for i, a in enumerate(args)],

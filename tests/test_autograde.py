@@ -11,6 +11,8 @@ from html import unescape
 import pytest
 from nbgrader.api import Gradebook
 
+from autograder.checks import REGISTRY
+
 from tests.conftest import copy_course, grade_rows, make, read_grades, tree_digest
 from tests.grading import check_points, cuda_available, decidable_points, gpu_checks
 from tests.students import (BONUS, NB1, NB2, NB3, NB4, NOTEBOOKS, reference_answers, student_notebook,
@@ -92,12 +94,17 @@ def test_grades_csv_holds_the_expected_scores(graded_course):
     root, _, _ = graded_course
     full = {name: sum(decidable_points(name).values()) for name in NOTEBOOKS}
     no_scale = full[NB1] - sum(check_points()[c] for c in NO_SCALE_FAILS)
+    # Reassigning torch.allclose (any imported module's attribute) is a route around the worker's own
+    # measures: the attention checks no_scale passes wait for a TA instead of counting (flagged).
+    flagged = sum(p for c, p in decidable_points(NB1).items()
+                  if REGISTRY[c].family == "attention" and c not in NO_SCALE_FAILS)
+    assert flagged > 0
     assert read_grades(root) == {
         "correct": sum(full.values()),  # the written answers wait for a TA: no points yet
         "no_scale": no_scale + full[NB2] - check_points(NB2)["heatmap_image_is_the_weights"],
         "blank": 0.0,
         "broken_json": 0.0,
-        "patches_comparisons": no_scale,  # patching comparisons changes nothing: no_scale's score exactly
+        "patches_comparisons": no_scale - flagged,  # patching comparisons gains nothing; a TA decides the rest
         "oversized": full[NB1],  # its notebook is staged first; the clutter is left out
     }
 

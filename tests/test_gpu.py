@@ -90,3 +90,68 @@ def test_a_cpu_tensor_inside_attention_fails_on_cuda_with_a_hint():
 def test_gpu_check_runs_there(course):
     result = make(course, "gpu-check")
     assert "available: True" in result.stdout and "ran on cuda:0" in result.stdout
+
+
+# `make autograde-gpu`, with CUDA as far as the grader can tell and the GPU checks' inputs on the CPU
+# stand-in: everything else of the command is what a CUDA host runs (issue 19: it crashed, and it
+# deleted the grading notes).
+AUTOGRADE_GPU_ON_A_STAND_IN = """
+import logging, sys
+import torch
+torch.cuda.is_available = lambda: True
+from autograder.checks import attention_on_cuda
+attention_on_cuda.GPU_DEVICE = "cpu"
+from autograder import fill_gpu_checks
+logging.basicConfig(level=logging.INFO, format="%(message)s")
+sys.exit(fill_gpu_checks.main())
+"""
+
+
+def gradebook_grades(course, student):
+    from nbgrader.api import Gradebook
+
+    with Gradebook(f"sqlite:///{course / 'gradebook.db'}") as gb:
+        notebook = gb.find_submission_notebook(NB1, ASSIGNMENT, student)
+        return {g.name: (g.auto_score, g.manual_score, g.needs_manual_grade) for g in notebook.grades}
+
+
+def test_autograde_gpu_decides_the_pending_gpu_checks_and_keeps_everything_else(course):
+    import subprocess
+
+    from tests.conftest import read_grades, user_env
+    from tests.grading import check_points
+    from tests.students import write_submission
+
+    make(course, "release")
+    no_scale = replace_in("compute_scores", "scores = scores / math.sqrt(Q.shape[-1])", "scores = scores")
+    write_submission(course, "correct", {NB1: student_notebook(reference_answers())})
+    write_submission(course, "no_scale", {NB1: student_notebook(no_scale(reference_answers()))})
+    make(course, "autograde")
+    before = {s: gradebook_grades(course, s) for s in ("correct", "no_scale")}
+    pending = {f"check_{n}" for n in gpu_checks(NB1)}
+    assert all(before[s][g] == (None, None, True) for s in before for g in pending)
+    notes = course / "feedback" / "correct" / ASSIGNMENT / "grading_notes.html"
+    assert notes.exists()
+    scores = read_grades(course)
+
+    result = subprocess.run([str(course / ".venv" / "bin" / "python"), "-c", AUTOGRADE_GPU_ON_A_STAND_IN],
+                            cwd=course, capture_output=True, text=True, timeout=900,
+                            env={**user_env(), "PYTHONPATH": str(course), "MPLBACKEND": "Agg",
+                                 "PATH": f"{course / '.venv' / 'bin'}:/usr/bin:/bin"})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"filled in {2 * len(pending)} pending GPU check(s)" in result.stdout
+
+    after = {s: gradebook_grades(course, s) for s in before}
+    points = check_points(NB1)
+    for student in before:
+        assert {g: v for g, v in after[student].items() if g not in pending} == \
+            {g: v for g, v in before[student].items() if g not in pending}, "no other grade moves"
+        assert all(after[student][g][2] is False for g in pending), "decided: no longer waiting for a TA"
+    assert {g: after["correct"][g][0] for g in pending} == {f"check_{n}": points[n] for n in gpu_checks(NB1)}
+    assert after["no_scale"]["check_cuda_attention_matches"][0] == 0  # the missing scale fails there too
+    assert after["no_scale"]["check_cuda_causal_mask"][0] == points["cuda_causal_mask"]
+    assert read_grades(course) == {"correct": scores["correct"] + sum(points[n] for n in gpu_checks(NB1)),
+                                   "no_scale": scores["no_scale"] + points["cuda_causal_mask"]}
+    assert notes.exists(), "the grading notes are written back with the feedback"
+    feedback = (course / "feedback" / "correct" / ASSIGNMENT / f"{NB1}.html").read_text()
+    assert "hidden check cuda_attention_matches: passed" in feedback  # the feedback page is new too

@@ -366,8 +366,9 @@ def test_names_students_chose_are_inert_in_the_terminal_and_in_grades_csv(hostil
     output = hostile_batch["output"]
     assert not [c for c in output if ord(c) < 32 and c != "\n"], "no control character reaches the terminal"
     lines = output.splitlines()
+    flagged_students = ("tampers_with_tripwires", "fused_through_getattr")  # the two the static scan flags
     assert [line for line in lines if line.startswith("  FLAGGED")] == \
-        [line for line in lines if line.startswith("  FLAGGED for a TA: tampers_with_tripwires: ")]
+        [line for line in lines if line.startswith(tuple(f"  FLAGGED for a TA: {s}: " for s in flagged_students))]
     assert len([line for line in lines if line.startswith("  bystander ")]) == 1
     assert len([line for line in lines if line.startswith("  " + FORMULA_ID[:20])]) == 1
     assert "NOT GRADED: submitted/forger\\n  bystander attention_surgeon ok 12.0 s\\x1b]0;pwned\\x07 is not a " \

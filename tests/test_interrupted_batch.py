@@ -1,6 +1,7 @@
 """A grader killed mid-batch (SIGKILL of `make autograde`'s process group), then run again.
 
-Before: the re-run gave identical grades, but an empty pids cgroup and the sandboxes' scratch
+A batch that ends cleanly leaves nothing behind. Before: after a kill, the re-run gave identical
+grades, but an empty pids cgroup and the sandboxes' scratch
 folders (301 MiB of a student's files) stayed for good. Now every sandbox's cgroup and IPC
 folder names the grading process that made it, and `make autograde` sweeps, at start, those
 whose process is gone.
@@ -57,7 +58,15 @@ def scratch():
 
 def test_a_killed_batch_leaves_nothing_after_the_next_run(course, scratch):
     env = {**user_env(), "TMPDIR": str(scratch)}
-    make(course, "autograde", env=env)
+    # First a clean batch: it leaves nothing either (before, issue 19: the preflight's empty cgroup stayed).
+    clean = subprocess.Popen(["make", "-o", ".venv/.installed", "autograde"], cwd=course, env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    clean_pids = set()
+    while clean.poll() is None:
+        clean_pids |= descendants(clean.pid)
+        time.sleep(0.05)
+    assert clean.returncode == 0 and len(clean_pids) > 1
+    assert leftovers(scratch, clean_pids) == [], "a batch that ends cleanly removes every cgroup and folder it made"
     expected, submitted = read_grades(course), tree_digest(course / "submitted")
 
     batch = subprocess.Popen(["make", "-o", ".venv/.installed", "autograde"], cwd=course, env=env,

@@ -18,7 +18,7 @@ from tests.students import NB1, reference_answers, student_notebook, write_submi
 SUBMISSION_S = 70
 LIMITS = {"ATTENTION_SURGEON_CALL_TIMEOUT_S": "3", "ATTENTION_SURGEON_CHECK_TIME_BUDGET_S": "4",
           "ATTENTION_SURGEON_SUBMISSION_TIMEOUT_S": str(SUBMISSION_S), "ATTENTION_SURGEON_SUBMISSION_GRACE_S": "20",
-          "ATTENTION_SURGEON_PARALLELISM": "1"}  # one shard: the slow student and the bystander share it
+          "ATTENTION_SURGEON_GRADING_PARALLELISM": "1"}  # one shard: the slow student and the bystander share it
 SLEEP_S = 2.5  # just under the 3 s per call
 
 

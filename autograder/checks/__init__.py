@@ -4,8 +4,11 @@ Trusted code. A source notebook's hidden-check cell names one check here:
 
     from autograder import hidden_check; hidden_check("attention_matches_reference")
 
-The cell's points (nbgrader metadata) are the check's points; the check itself
-lives only in this package, never in a notebook. A check gets a `StudentCode`
+A check declares, beside its code, its points, the student's names it grades and
+the public tests that show its rule first (`@check(..., points=, grades=,
+shown_by=)`); `make release` writes the points into the hidden cell and the
+README (autograder/points.py). The check itself lives only in this package,
+never in a notebook. A check gets a `StudentCode`
 (autograder/student.py) and raises `CheckFailed` with a message in the
 student's terms; `run_check` turns that into a `Verdict`.
 """
@@ -34,6 +37,9 @@ class Check:
     name: str
     notebook: str
     run: Callable
+    points: float  # what its hidden cell is worth (written there by make release)
+    grades: tuple  # the student's functions or values it calls (defined in cells the student fills in)
+    shown_by: tuple  # the public tests (0-point cells before it) that show its rule first
     gpu: bool = False
     family: str | None = None  # checks of one function; a forbidden shortcut voids the whole family
 
@@ -48,12 +54,20 @@ class Verdict:
 REGISTRY: dict[str, Check] = {}
 
 
-def check(name, notebook, gpu=False, family=None):
-    """Register a check function under `name` (the name a hidden-check cell uses)."""
+def _names(value):
+    return (value,) if isinstance(value, str) else tuple(value)
+
+
+def check(name, notebook, *, points, grades, shown_by, gpu=False, family=None):
+    """Register a check function under `name` (the name a hidden-check cell uses), worth `points`,
+    grading the student's `grades` (a name or a tuple), whose rule the public tests `shown_by` show."""
     def register(function):
         if name in REGISTRY:
             raise ValueError(f"two checks are named {name!r}")
-        REGISTRY[name] = Check(name, notebook, function, gpu, family)
+        if not float(points) > 0:
+            raise ValueError(f"check {name!r} is worth {points!r} points; a check is worth more than 0")
+        REGISTRY[name] = Check(name, notebook, function, float(points), _names(grades), _names(shown_by),
+                               gpu, family)
         return function
     return register
 

@@ -20,23 +20,6 @@ from .expectations import (expect_close, expect_exactly_zero, expect_finite, exp
 
 NOTEBOOK = "01_attention_from_scratch"
 
-# The public tests (0-point cells of the notebook, placed before the check) that show each check's
-# rule first: a student who passes them has been warned of what the check grades. tests/test_checks.py
-# holds the notebooks to this map.
-SHOWN_FIRST_BY = {
-    "attention_matches_reference": ("test_compute_scores", "test_attention"),
-    "attention_bool_masks": ("test_apply_mask", "test_attention"),
-    "attention_float_masks": ("test_apply_mask", "test_attention"),
-    "attention_fully_masked_rows": ("test_masked_softmax", "test_attention"),
-    "attention_empty_sequences": ("test_check_attention_inputs", "test_attention"),
-    "attention_rejects_bad_inputs": ("test_check_attention_inputs",),
-    "attention_numerically_stable": ("test_masked_softmax",),
-    "attention_keeps_dtype_and_inputs": ("test_attention",),
-    "attention_gradients": ("test_attention",),
-    "attention_no_fused_kernels": ("test_attention",),
-    "causal_mask": ("test_masks",),
-    "reverse_mask": ("test_masks",),
-}
 KEY_PADDING = torch.tensor([True, True, True, False, False])  # [S=5]: the last two keys are padding
 
 
@@ -92,7 +75,8 @@ def given_cases(strategy):
     return decorate
 
 
-@check("attention_matches_reference", NOTEBOOK, family="attention")
+@check("attention_matches_reference", NOTEBOOK, points=12, grades="attention",
+       shown_by=("test_compute_scores", "test_attention"), family="attention")
 def attention_matches_reference(student):
     @given_cases(attention_inputs())
     @example(case=fixed_case((2, 5, 4), (2, 7, 4), (2, 7, 3)))  # 3-D, L != S
@@ -104,7 +88,8 @@ def attention_matches_reference(student):
     agrees()
 
 
-@check("attention_bool_masks", NOTEBOOK, family="attention")
+@check("attention_bool_masks", NOTEBOOK, points=8, grades="attention",
+       shown_by=("test_apply_mask", "test_attention"), family="attention")
 def attention_bool_masks(student):
     square = torch.tensor([[True, False, True], [True, True, False], [False, True, True]])
     per_item = torch.rand(2, 4, 5, generator=torch.Generator().manual_seed(0)) < 0.6
@@ -121,7 +106,8 @@ def attention_bool_masks(student):
     agrees()
 
 
-@check("attention_float_masks", NOTEBOOK, family="attention")
+@check("attention_float_masks", NOTEBOOK, points=8, grades="attention",
+       shown_by=("test_apply_mask", "test_attention"), family="attention")
 def attention_float_masks(student):
     bias = torch.tensor([[0.0, -1.0, 2.0], [0.5, float("-inf"), 0.0]])  # [L=2, S=3]
 
@@ -176,7 +162,8 @@ def expect_gradients_match(student, case, rows=None):
         expect_close(got, ref, tolerance_for(case.Q.dtype, ref, low), name, call_text)
 
 
-@check("attention_fully_masked_rows", NOTEBOOK, family="attention")
+@check("attention_fully_masked_rows", NOTEBOOK, points=8, grades="attention",
+       shown_by=("test_masked_softmax", "test_attention"), family="attention")
 def attention_fully_masked_rows(student):
     nobody_row = torch.tensor([[True, True, False], [False, False, False], [False, True, True]])  # row 1 blocked
     minus_inf_row = torch.zeros(3, 4).index_fill(0, torch.tensor([2]), float("-inf"))  # row 2 blocked
@@ -206,7 +193,8 @@ def attention_fully_masked_rows(student):
     with_float_masks()
 
 
-@check("attention_empty_sequences", NOTEBOOK, family="attention")
+@check("attention_empty_sequences", NOTEBOOK, points=5, grades="attention",
+       shown_by=("test_check_attention_inputs", "test_attention"), family="attention")
 def attention_empty_sequences(student):
     @given_cases(attention_inputs(min_len=0, min_batch=0))
     @example(case=fixed_case((2, 0, 4), (2, 5, 4), (2, 5, 3)))  # L = 0
@@ -261,7 +249,8 @@ FAULTS = {
 }
 
 
-@check("attention_rejects_bad_inputs", NOTEBOOK, family="attention")
+@check("attention_rejects_bad_inputs", NOTEBOOK, points=5, grades="attention",
+       shown_by=("test_check_attention_inputs", "test_attention"), family="attention")
 def attention_rejects_bad_inputs(student):
     @GRADING
     @given(case=attention_inputs(broadcast=False), fault=st.sampled_from(sorted(FAULTS)))
@@ -285,7 +274,8 @@ def attention_rejects_bad_inputs(student):
     rejects()
 
 
-@check("attention_numerically_stable", NOTEBOOK, family="attention")
+@check("attention_numerically_stable", NOTEBOOK, points=5, grades="attention",
+       shown_by=("test_masked_softmax", "test_attention"), family="attention")
 def attention_numerically_stable(student):
     # Scores of exactly +1e4 and -1e4: exp(1e4) overflows float32 unless the row max is subtracted.
     q = torch.tensor([[[100.0]]])  # [1, L=1, d_k=1]
@@ -304,7 +294,8 @@ def attention_numerically_stable(student):
     stays_finite()
 
 
-@check("attention_keeps_dtype_and_inputs", NOTEBOOK, family="attention")
+@check("attention_keeps_dtype_and_inputs", NOTEBOOK, points=5, grades="attention",
+       shown_by="test_attention", family="attention")
 def attention_keeps_dtype_and_inputs(student):
     dtypes = st.sampled_from([torch.float64, torch.float32, torch.float16, torch.bfloat16])
 
@@ -333,7 +324,8 @@ def attention_keeps_dtype_and_inputs(student):
     keeps()
 
 
-@check("attention_gradients", NOTEBOOK, family="attention")
+@check("attention_gradients", NOTEBOOK, points=5, grades="attention",
+       shown_by="test_attention", family="attention")
 def attention_gradients(student):
     @given_cases(attention_inputs(mask_kind=None))
     @example(case=fixed_case((2, 3, 4), (2, 5, 4), (2, 5, 2)))
@@ -344,7 +336,8 @@ def attention_gradients(student):
     flows()
 
 
-@check("attention_no_fused_kernels", NOTEBOOK, family="attention")
+@check("attention_no_fused_kernels", NOTEBOOK, points=2, grades="attention",
+       shown_by="test_attention", family="attention")
 def attention_no_fused_kernels(student):
     """The static scan, the worker's tripwires and a trace of the dispatcher's ops (call_attention).
     The last two live in the student's process: code that takes a route to switch them off is
@@ -396,11 +389,13 @@ def _mask_check(student, function, keep):
     builds()
 
 
-@check("causal_mask", NOTEBOOK)
+@check("causal_mask", NOTEBOOK, points=4, grades="create_causal_mask",
+       shown_by="test_masks")
 def causal_mask(student):
     _mask_check(student, "create_causal_mask", lambda i, j: j <= i)
 
 
-@check("reverse_mask", NOTEBOOK)
+@check("reverse_mask", NOTEBOOK, points=3, grades="create_reverse_mask",
+       shown_by="test_masks")
 def reverse_mask(student):
     _mask_check(student, "create_reverse_mask", lambda i, j: j >= i)

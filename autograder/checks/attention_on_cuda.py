@@ -16,15 +16,10 @@ from .attention import NOTEBOOK, expected_for, refuse_ready_made_attention
 from .expectations import expect_close, expect_no_error, expect_pair, expect_shape, expect_tensor
 
 CUDA_DTYPES = [torch.float32, torch.float16, torch.bfloat16]
-
-
-# The public tests (0-point cells of the notebook, placed before the check) that show each check's
-# rule first: a student who passes them has been warned of what the check grades. tests/test_checks.py
-# holds the notebooks to this map.
-SHOWN_FIRST_BY = {
-    "cuda_attention_matches": ("test_on_gpu",),
-    "cuda_causal_mask": ("test_on_gpu",),
-}
+# Where the GPU checks send their inputs. Always "cuda" when grading; tests/test_gpu.py runs the whole
+# `make autograde-gpu` path on a host without CUDA by setting it to "cpu" (the CPU stand-in) in its own
+# process, with torch.cuda.is_available patched.
+GPU_DEVICE = "cuda"
 
 
 def device_hint(outcome, call_text):
@@ -37,12 +32,13 @@ def device_hint(outcome, call_text):
 
 
 def expect_on_cuda(value, name, call_text):
-    if not value.device.startswith("cuda"):
+    if not value.device.startswith(GPU_DEVICE):
         raise CheckFailed(f"{call_text} on CUDA\n  returned {name} on {value.device}; it must stay on the inputs' "
                           f"device (cuda)")
 
 
-@check("cuda_attention_matches", NOTEBOOK, gpu=True, family="attention")
+@check("cuda_attention_matches", NOTEBOOK, points=4, grades="attention",
+       shown_by="test_on_gpu", gpu=True, family="attention")
 def cuda_attention_matches(student):
     @GRADING
     @given(data=st.data(), dtype=st.sampled_from(CUDA_DTYPES),
@@ -60,7 +56,7 @@ def cuda_attention_matches(student):
         (ref_out, out_tol), (ref_weights, weights_tol) = expected_for(case)
         grad_outputs = [torch.ones(ref_out.shape, dtype=dtype), torch.zeros(ref_weights.shape, dtype=dtype)] if grad else None
         outcome = student.call("attention", case.Q, case.K, case.V, mask=case.mask, scale=case.scale,
-                               grad=grad, grad_outputs=grad_outputs, tensor_device="cuda")
+                               grad=grad, grad_outputs=grad_outputs, tensor_device=GPU_DEVICE)
         device_hint(outcome, call_text)
         refuse_ready_made_attention(student, outcome)
         output, weights = expect_pair(outcome, call_text + " on CUDA")
@@ -78,14 +74,15 @@ def cuda_attention_matches(student):
     agrees_on_cuda()
 
 
-@check("cuda_causal_mask", NOTEBOOK, gpu=True)
+@check("cuda_causal_mask", NOTEBOOK, points=2, grades="create_causal_mask",
+       shown_by="test_on_gpu", gpu=True)
 def cuda_causal_mask(student):
     @GRADING
     @given(n=st.integers(0, 16))
     @example(n=4)
     def builds_on_cuda(n):
         call_text = f"create_causal_mask({n}, device='cuda')"
-        outcome = student.call("create_causal_mask", n, device="cuda")
+        outcome = student.call("create_causal_mask", n, device=GPU_DEVICE)
         expect_no_error(outcome, call_text)
         mask = expect_tensor(outcome.value, "the mask", call_text)
         expect_on_cuda(mask, "the mask", "create_causal_mask")

@@ -24,36 +24,13 @@ from . import CheckFailed, NeedsTA, check
 from ..static_scan import find_memory_routes, find_tampering
 from ..student import InNotebook
 from .attention import expected_for
+from . import attention_on_cuda
 from .attention_on_cuda import device_hint, expect_on_cuda
 from .expectations import (expect_close, expect_no_error, expect_pair, expect_shape, expect_tensor,
                            expect_value_error, shape_mentioned, what)
 
 NOTEBOOK = "04_beyond_one_head"
 
-# The public tests that show each check's rule first (tests/test_checks.py holds the notebook to it).
-SHOWN_FIRST_BY = {
-    "split_merge_heads": ("test_split_merge_heads",),
-    "multi_head_attention_matches_torch": ("test_multi_head_attention",),
-    "grouped_query_attention": ("test_multi_head_attention",),
-    "multi_head_attention_masks": ("test_attention_from_notebook_1", "test_multi_head_attention"),
-    "multi_head_attention_rejects_bad_inputs": ("test_multi_head_attention",),
-    "dropout_off_is_attention": ("test_attention_with_dropout",),
-    "dropout_scales_survivors": ("test_attention_with_dropout",),
-    "dropout_is_seeded_and_checks_p": ("test_attention_with_dropout",),
-    "tiled_attention_matches_attention": ("test_tiled_attention",),
-    "tiled_attention_edge_cases": ("test_attention_from_notebook_1", "test_tiled_attention"),
-    "tiled_attention_stays_within_its_blocks": ("test_tiled_attention",),
-    "local_attention_matches_banded_attention": ("test_local_attention",),
-    "local_attention_stays_within_its_band": ("test_local_attention",),
-    "kv_cache_appends_and_counts": ("test_kv_cache",),
-    "kv_cache_overflow_keeps_the_cache": ("test_kv_cache",),
-    "kv_cache_allocates_once": ("test_kv_cache",),
-    "decode_step_matches_causal_attention": ("test_kv_cache",),
-    "fit_exponent_on_power_laws": ("test_profile_attention",),
-    "profile_table_and_memory_column": ("test_profile_attention",),
-    "cuda_tiled_attention_matches": ("test_on_gpu",),
-    "cuda_multi_head_attention_matches": ("test_on_gpu",),
-}
 FLOAT32 = torch.float32
 
 
@@ -68,7 +45,8 @@ def exactly(got, expected, name, call_text):
 
 
 # --- Part A ------------------------------------------------------------------------------------------
-@check("split_merge_heads", NOTEBOOK)
+@check("split_merge_heads", NOTEBOOK, points=3, grades=("merge_heads", "split_heads"),
+       shown_by="test_split_merge_heads")
 def split_merge_heads(student):
     @GRADING
     @given(shape_and_heads=head_shapes())
@@ -125,7 +103,8 @@ def expect_reference(student, case, against_torch=False):
     expect_close(output, ref_out, tolerance_for(FLOAT32, ref_out, low_out), "output", call_text)
 
 
-@check("multi_head_attention_matches_torch", NOTEBOOK)
+@check("multi_head_attention_matches_torch", NOTEBOOK, points=6, grades="multi_head_attention",
+       shown_by="test_multi_head_attention")
 def multi_head_attention_matches_torch(student):
     @GRADING
     @given(case=multi_head_inputs())
@@ -138,7 +117,8 @@ def multi_head_attention_matches_torch(student):
     agrees()
 
 
-@check("grouped_query_attention", NOTEBOOK)
+@check("grouped_query_attention", NOTEBOOK, points=5, grades="multi_head_attention",
+       shown_by="test_multi_head_attention")
 def grouped_query_attention(student):
     @GRADING
     @given(case=multi_head_inputs(grouped=True))
@@ -151,7 +131,8 @@ def grouped_query_attention(student):
     agrees()
 
 
-@check("multi_head_attention_masks", NOTEBOOK)
+@check("multi_head_attention_masks", NOTEBOOK, points=3, grades="multi_head_attention",
+       shown_by=("test_attention_from_notebook_1", "test_multi_head_attention"))
 def multi_head_attention_masks(student):
     L = 4
     causal = torch.ones(L, L, dtype=torch.bool).tril()                      # [L, L]
@@ -172,7 +153,8 @@ def multi_head_attention_masks(student):
     agrees()
 
 
-@check("multi_head_attention_rejects_bad_inputs", NOTEBOOK)
+@check("multi_head_attention_rejects_bad_inputs", NOTEBOOK, points=3, grades="multi_head_attention",
+       shown_by="test_multi_head_attention")
 def multi_head_attention_rejects_bad_inputs(student):
     good = multi_head_case(2, 3, 4, num_heads=2, d_head=4)                 # d_model = 8
     x, context, W_q, W_k, W_v, W_o = good.args()
@@ -219,7 +201,8 @@ def reference_for(case):
     return reference_attention(*as64, case.mask, True)
 
 
-@check("dropout_off_is_attention", NOTEBOOK)
+@check("dropout_off_is_attention", NOTEBOOK, points=2, grades="attention_with_dropout",
+       shown_by="test_attention_with_dropout")
 def dropout_off_is_attention(student):
     for case in (DROPOUT_CASE, MASKED_CASE):
         ref_out, ref_weights = reference_for(case)
@@ -239,7 +222,8 @@ def binomial_bound(n, p, sigmas=5.0):
     return sigmas * math.sqrt(n * p * (1 - p))
 
 
-@check("dropout_scales_survivors", NOTEBOOK)
+@check("dropout_scales_survivors", NOTEBOOK, points=3, grades="attention_with_dropout",
+       shown_by="test_attention_with_dropout")
 def dropout_scales_survivors(student):
     ref_out, ref_weights = reference_for(DROPOUT_CASE)
     for p, seed in ((0.1, 1), (0.5, 2), (0.9, 3)):
@@ -262,7 +246,8 @@ def dropout_scales_survivors(student):
                      call_text)
 
 
-@check("dropout_is_seeded_and_checks_p", NOTEBOOK)
+@check("dropout_is_seeded_and_checks_p", NOTEBOOK, points=2, grades="attention_with_dropout",
+       shown_by="test_attention_with_dropout")
 def dropout_is_seeded_and_checks_p(student):
     results = []
     for seed in (11, 11, 12):
@@ -304,7 +289,8 @@ def tiled_inputs(draw):
     return case, draw(st.integers(1, case.K.shape[-2] + 2))
 
 
-@check("tiled_attention_matches_attention", NOTEBOOK)
+@check("tiled_attention_matches_attention", NOTEBOOK, points=6, grades="tiled_attention",
+       shown_by="test_tiled_attention")
 def tiled_attention_matches_attention(student):
     @GRADING
     @given(case_and_block=tiled_inputs())
@@ -320,7 +306,8 @@ def tiled_attention_matches_attention(student):
     agrees()
 
 
-@check("tiled_attention_edge_cases", NOTEBOOK)
+@check("tiled_attention_edge_cases", NOTEBOOK, points=3, grades="tiled_attention",
+       shown_by=("test_attention_from_notebook_1", "test_tiled_attention"))
 def tiled_attention_edge_cases(student):
     blocked = torch.ones(2, 5, 7, dtype=torch.bool)
     blocked[:, 1] = False                                       # row 1 sees nothing
@@ -376,7 +363,8 @@ def expect_within(student, function, args, kwargs, call_text, intermediate, what
                           f"{args[0].shape[-2] * args[1].shape[-2]:,})")
 
 
-@check("tiled_attention_stays_within_its_blocks", NOTEBOOK)
+@check("tiled_attention_stays_within_its_blocks", NOTEBOOK, points=4, grades="tiled_attention",
+       shown_by="test_tiled_attention")
 def tiled_attention_stays_within_its_blocks(student):
     for shape, block_size in (((1, 64, 4), 8), ((2, 2, 48, 4), 4)):
         Q, K, V = (random_values(seed, shape) for seed in (1, 2, 3))
@@ -403,7 +391,8 @@ def local_inputs(draw):
     return case, draw(st.integers(0, L + 1))
 
 
-@check("local_attention_matches_banded_attention", NOTEBOOK)
+@check("local_attention_matches_banded_attention", NOTEBOOK, points=4, grades="local_attention",
+       shown_by="test_local_attention")
 def local_attention_matches_banded_attention(student):
     @GRADING
     @given(case_and_window=local_inputs())
@@ -431,7 +420,8 @@ def local_attention_matches_banded_attention(student):
         expect_value_error(student.call("local_attention", *tensors, window), call_text, what_is_wrong)
 
 
-@check("local_attention_stays_within_its_band", NOTEBOOK)
+@check("local_attention_stays_within_its_band", NOTEBOOK, points=3, grades="local_attention",
+       shown_by="test_local_attention")
 def local_attention_stays_within_its_band(student):
     for shape, window in (((1, 64, 4), 2), ((2, 2, 48, 4), 1)):
         Q, K, V = (random_values(seed, shape) for seed in (1, 2, 3))
@@ -469,7 +459,8 @@ def append(student, cache, k, v, story, trace=False):
     return K, V, story, outcome
 
 
-@check("kv_cache_appends_and_counts", NOTEBOOK)
+@check("kv_cache_appends_and_counts", NOTEBOOK, points=3, grades="KVCache",
+       shown_by="test_kv_cache")
 def kv_cache_appends_and_counts(student):
     cache, story = new_cache(student, max_len=7, batch=2, num_kv_heads=2, d_head=3)
     expect_length(student, cache, 0, story)
@@ -484,7 +475,8 @@ def kv_cache_appends_and_counts(student):
         expect_length(student, cache, sum(t.shape[2] for t in written_k), story)
 
 
-@check("kv_cache_overflow_keeps_the_cache", NOTEBOOK)
+@check("kv_cache_overflow_keeps_the_cache", NOTEBOOK, points=2, grades="KVCache",
+       shown_by="test_kv_cache")
 def kv_cache_overflow_keeps_the_cache(student):
     cache, story = new_cache(student, max_len=6, batch=1, num_kv_heads=2, d_head=2)
     k, v = random_values(1, (1, 2, 5, 2)), random_values(2, (1, 2, 5, 2))
@@ -503,7 +495,8 @@ def kv_cache_overflow_keeps_the_cache(student):
     exactly(V, torch.cat([v, last_v], dim=2), "V (the failed append must have written nothing)", story)
 
 
-@check("kv_cache_allocates_once", NOTEBOOK)
+@check("kv_cache_allocates_once", NOTEBOOK, points=2, grades="KVCache",
+       shown_by="test_kv_cache")
 def kv_cache_allocates_once(student):
     refuse_unseen_memory(student, "kv_cache")
     B, H_kv, d, max_len = 2, 2, 4, 32
@@ -531,7 +524,8 @@ def decoding_inputs(draw):
                            num_kv_heads, cross=False, seed=draw(st.integers(0, 2**31 - 1)))
 
 
-@check("decode_step_matches_causal_attention", NOTEBOOK)
+@check("decode_step_matches_causal_attention", NOTEBOOK, points=5, grades=("KVCache", "decode_step"),
+       shown_by="test_kv_cache")
 def decode_step_matches_causal_attention(student):
     @GRADING
     @given(case=decoding_inputs())
@@ -580,7 +574,8 @@ def reference_exponent(xs, ys):
     return float(np.polyfit(np.log(np.asarray(xs, dtype=np.float64)), np.log(np.asarray(ys, dtype=np.float64)), 1)[0])
 
 
-@check("fit_exponent_on_power_laws", NOTEBOOK)
+@check("fit_exponent_on_power_laws", NOTEBOOK, points=2, grades="fit_exponent",
+       shown_by="test_profile_attention")
 def fit_exponent_on_power_laws(student):
     @GRADING
     @given(law=power_laws())
@@ -605,7 +600,8 @@ LAB_SEQ_LENS = (128, 256, 512)  # past the tiled block (64), where its memory is
 LAB_D_K = 16
 
 
-@check("profile_table_and_memory_column", NOTEBOOK)
+@check("profile_table_and_memory_column", NOTEBOOK, points=3, grades="profile_attention",
+       shown_by="test_profile_attention")
 def profile_table_and_memory_column(student):
     call_text = f"profile_attention(IMPLEMENTATIONS, seq_lens={LAB_SEQ_LENS}, d_k={LAB_D_K}, repeats=1)"
     outcome = student.call("profile_attention", InNotebook("IMPLEMENTATIONS"), LAB_SEQ_LENS, d_k=LAB_D_K, repeats=1,
@@ -646,7 +642,8 @@ def cuda_case(case, dtype):
     return type(case)(**cast, mask=mask, scale=case.scale, seed=case.seed)
 
 
-@check("cuda_tiled_attention_matches", NOTEBOOK, gpu=True)
+@check("cuda_tiled_attention_matches", NOTEBOOK, points=2, grades="tiled_attention",
+       shown_by="test_on_gpu", gpu=True)
 def cuda_tiled_attention_matches(student):
     @GRADING
     @given(case_and_block=tiled_inputs(), dtype=st.sampled_from(CUDA_DTYPES))
@@ -656,7 +653,7 @@ def cuda_tiled_attention_matches(student):
         case = cuda_case(case, dtype)
         call_text = tiled_call_text(case, block_size) + " on CUDA"
         outcome = student.call("tiled_attention", case.Q, case.K, case.V, mask=case.mask, scale=case.scale,
-                               block_size=block_size, tensor_device="cuda")
+                               block_size=block_size, tensor_device=attention_on_cuda.GPU_DEVICE)
         device_hint(outcome, call_text)
         expect_no_error(outcome, call_text)
         output = expect_tensor(outcome.value, "output", call_text)
@@ -671,7 +668,8 @@ def cuda_tiled_attention_matches(student):
     agrees_on_cuda()
 
 
-@check("cuda_multi_head_attention_matches", NOTEBOOK, gpu=True)
+@check("cuda_multi_head_attention_matches", NOTEBOOK, points=2, grades="multi_head_attention",
+       shown_by="test_on_gpu", gpu=True)
 def cuda_multi_head_attention_matches(student):
     L = 5
     causal = torch.ones(L, L, dtype=torch.bool).tril()
@@ -682,7 +680,8 @@ def cuda_multi_head_attention_matches(student):
     @example(case=multi_head_case(2, 3, 6, num_heads=2, d_head=4))
     def agrees_on_cuda(case):
         call_text = case.describe() + " on CUDA"
-        outcome = student.call("multi_head_attention", *case.args(), tensor_device="cuda", **case.kwargs())
+        outcome = student.call("multi_head_attention", *case.args(), tensor_device=attention_on_cuda.GPU_DEVICE,
+                               **case.kwargs())
         device_hint(outcome, call_text)
         output, weights = expect_pair(outcome, call_text)
         for name, value in (("output", output), ("weights", weights)):

@@ -33,16 +33,6 @@ from .expectations import expect_no_error, what
 
 NOTEBOOK = "03_breaking_attention"
 
-# The public tests (0-point cells of the notebook, placed before the check) that show each check's
-# rule first: a student who passes them has been warned of what the check grades. tests/test_checks.py
-# holds the notebooks to this map.
-SHOWN_FIRST_BY = {
-    "masks_steer_what_a_model_sees": ("test_masks",),
-    "scaling_table_is_complete_and_repeatable": ("test_experiment_scaling_factor",),
-    "scaling_trends_match_the_lesson": ("test_experiment_scaling_factor",),
-    "compare_masking_shows_the_cheaters": ("test_compare_masking",),
-    "compare_masking_is_repeatable": ("test_compare_masking",),
-}
 
 # --- the masks' effect on a model -------------------------------------------
 MODEL_SEQ_LEN, MODEL_WIDTH = 6, 4
@@ -101,7 +91,8 @@ def who_sees_whom(mask):
     return sees
 
 
-@check("masks_steer_what_a_model_sees", NOTEBOOK)
+@check("masks_steer_what_a_model_sees", NOTEBOOK, points=3, grades=("create_causal_mask", "create_reverse_mask"),
+       shown_by="test_masks")
 def masks_steer_what_a_model_sees(student):
     positions = torch.arange(MODEL_SEQ_LEN)
     future = positions.unsqueeze(0) > positions.unsqueeze(1)  # [L, L]: j > i
@@ -151,7 +142,8 @@ def scaling_table(student, args=SCALING_ARGS):
     return rows
 
 
-@check("scaling_table_is_complete_and_repeatable", NOTEBOOK)
+@check("scaling_table_is_complete_and_repeatable", NOTEBOOK, points=2, grades="experiment_scaling_factor",
+       shown_by="test_experiment_scaling_factor")
 def scaling_table_is_complete_and_repeatable(student):
     first = scaling_table(student)
     if scaling_table(student) != first:
@@ -168,7 +160,8 @@ def expected_statistics(d_k, scaled, seq_len):
     return scaling_statistics(d_k, scaled, seq_len, REFERENCE_SAMPLES, REFERENCE_SEED)
 
 
-@check("scaling_trends_match_the_lesson", NOTEBOOK)
+@check("scaling_trends_match_the_lesson", NOTEBOOK, points=4, grades="experiment_scaling_factor",
+       shown_by="test_experiment_scaling_factor")
 def scaling_trends_match_the_lesson(student):
     for args in (SCALING_ARGS, OTHER_SCALING_ARGS):
         rows = scaling_table(student, args)
@@ -218,7 +211,8 @@ def losses(results):
     return [results[m][k] for m in MODELS for k in ("train_loss", "honest_loss")]
 
 
-@check("compare_masking_shows_the_cheaters", NOTEBOOK)
+@check("compare_masking_shows_the_cheaters", NOTEBOOK, points=8, grades="compare_masking",
+       shown_by="test_compare_masking")
 def compare_masking_shows_the_cheaters(student):
     call_text, results = masking_results(student, CHECK_STEPS, CHECK_SEED)
     short_text, short = masking_results(student, REPEAT_STEPS, CHECK_SEED)
@@ -244,7 +238,8 @@ def compare_masking_shows_the_cheaters(student):
                               f"the future) on text it was not trained on\n{summary}")
 
 
-@check("compare_masking_is_repeatable", NOTEBOOK)
+@check("compare_masking_is_repeatable", NOTEBOOK, points=2, grades="compare_masking",
+       shown_by="test_compare_masking")
 def compare_masking_is_repeatable(student):
     call_text, first = masking_results(student, REPEAT_STEPS, CHECK_SEED)
     _, second = masking_results(student, REPEAT_STEPS, CHECK_SEED)

@@ -21,19 +21,6 @@ from .expectations import expect_no_error, expect_value_error, what
 
 NOTEBOOK = "02_seeing_attention"
 
-# The public tests (0-point cells of the notebook, placed before the check) that show each check's
-# rule first: a student who passes them has been warned of what the check grades. tests/test_checks.py
-# holds the notebooks to this map.
-SHOWN_FIRST_BY = {
-    "heatmap_image_is_the_weights": ("test_plot_attention_heatmap",),
-    "heatmap_is_labelled": ("test_plot_attention_heatmap",),
-    "multihead_one_panel_per_head": ("test_plot_multihead_attention",),
-    "multihead_shared_colour_scale": ("test_plot_multihead_attention",),
-    "multihead_rejects_wrong_head_count": ("test_plot_multihead_attention",),
-    "pattern_statistics_match_reference": ("test_analyze_attention_patterns",),
-    "pattern_statistics_edge_cases": ("test_analyze_attention_patterns",),
-    "head_roles_identified": ("test_head_roles",),
-}
 IMAGE_ATOL = 1e-6  # the image may hold float32 copies of the weights; nothing else is allowed
 STATISTICS_RTOL, STATISTICS_ATOL = 1e-4, 1e-6  # float32 sums of at most a few hundred weights
 HEATMAP_LENGTHS = (1, 4, 7)  # one token, a typical sentence piece, the largest generated length
@@ -92,7 +79,8 @@ def heatmap_call(length, title=None):
     return text + (f", title={title!r})" if title is not None else ")")
 
 
-@check("heatmap_image_is_the_weights", NOTEBOOK)
+@check("heatmap_image_is_the_weights", NOTEBOOK, points=3, grades="plot_attention_heatmap",
+       shown_by="test_plot_attention_heatmap")
 def heatmap_image_is_the_weights(student):
     for length in HEATMAP_LENGTHS:
         weights, tokens = heatmap_case(length, seed=length)
@@ -107,7 +95,8 @@ def heatmap_image_is_the_weights(student):
                               f"so a reader can tell what a colour means")
 
 
-@check("heatmap_is_labelled", NOTEBOOK)
+@check("heatmap_is_labelled", NOTEBOOK, points=3, grades="plot_attention_heatmap",
+       shown_by="test_plot_attention_heatmap")
 def heatmap_is_labelled(student):
     for length, title in zip(HEATMAP_LENGTHS, (None, "Head 2 of layer 1", "Attention Weights")):
         weights, tokens = heatmap_case(length, seed=10 + length)
@@ -141,7 +130,8 @@ def multihead_call(num_heads, length, passed_heads=None):
             f"num_heads={num_heads if passed_heads is None else passed_heads})")
 
 
-@check("multihead_one_panel_per_head", NOTEBOOK)
+@check("multihead_one_panel_per_head", NOTEBOOK, points=3, grades="plot_multihead_attention",
+       shown_by="test_plot_multihead_attention")
 def multihead_one_panel_per_head(student):
     for num_heads, length in zip(HEAD_COUNTS, (4, 5)):
         weights, tokens = multihead_case(num_heads, length, seed=20)
@@ -161,7 +151,8 @@ def multihead_one_panel_per_head(student):
             expect_tokens_on_axes(titled[0], tokens, call_text, where, y_may_be_shared=head > 0)
 
 
-@check("multihead_shared_colour_scale", NOTEBOOK)
+@check("multihead_shared_colour_scale", NOTEBOOK, points=2, grades="plot_multihead_attention",
+       shown_by="test_plot_multihead_attention")
 def multihead_shared_colour_scale(student):
     weights, tokens = multihead_case(3, 5, seed=30)
     call_text = multihead_call(3, 5)
@@ -181,7 +172,8 @@ def multihead_shared_colour_scale(student):
         raise CheckFailed(f"{call_text}\n  the figure has no colorbar; one shared colorbar is enough")
 
 
-@check("multihead_rejects_wrong_head_count", NOTEBOOK)
+@check("multihead_rejects_wrong_head_count", NOTEBOOK, points=1, grades="plot_multihead_attention",
+       shown_by="test_plot_multihead_attention")
 def multihead_rejects_wrong_head_count(student):
     weights, tokens = multihead_case(3, 4, seed=40)
     for passed in (2, 4):
@@ -214,7 +206,8 @@ def expect_statistics(student, case):
             raise CheckFailed(f"{call_text}\n  returned {name} = {value!r}; expected {want:.6g}")
 
 
-@check("pattern_statistics_match_reference", NOTEBOOK)
+@check("pattern_statistics_match_reference", NOTEBOOK, points=4, grades="analyze_attention_patterns",
+       shown_by="test_analyze_attention_patterns")
 def pattern_statistics_match_reference(student):
     @GRADING
     @given(case=attention_maps(masked_rows=0.0))
@@ -226,7 +219,8 @@ def pattern_statistics_match_reference(student):
     agrees()
 
 
-@check("pattern_statistics_edge_cases", NOTEBOOK)
+@check("pattern_statistics_edge_cases", NOTEBOOK, points=3, grades="analyze_attention_patterns",
+       shown_by="test_analyze_attention_patterns")
 def pattern_statistics_edge_cases(student):
     @GRADING
     @given(case=attention_maps(masked_rows=0.4))
@@ -243,7 +237,8 @@ def pattern_statistics_edge_cases(student):
     expect_statistics(student, one_hot)
 
 
-@check("head_roles_identified", NOTEBOOK)
+@check("head_roles_identified", NOTEBOOK, points=2, grades="HEAD_ROLES",
+       shown_by="test_head_roles")
 def head_roles_identified(student):
     outcome = student.value("HEAD_ROLES")
     expect_no_error(outcome, "HEAD_ROLES")
