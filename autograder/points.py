@@ -27,7 +27,7 @@ import re
 from pathlib import Path
 
 import nbformat
-from nbgrader.utils import is_grade, is_locked, is_solution
+from nbgrader.utils import is_grade, is_solution
 
 import course_config
 

@@ -73,6 +73,23 @@ def tolerance_for(dtype, reference, low_precision=None):
     return Tolerance(rtol=base.rtol, atol=max(base.atol, FUDGE_FACTOR * worst))
 
 
+def _in_float64(value):
+    """A floating tensor in float64; anything else (a bool mask, None, a number) as it is."""
+    return value.to(torch.float64) if isinstance(value, torch.Tensor) and value.is_floating_point() else value
+
+
+def expected_results(reference, *args, dtype=torch.float32, **kwargs):
+    """[(float64 result, its tolerance)] for each result of `reference(*args, **kwargs)`.
+
+    The one helper for "the reference and the tolerance for this case": `reference` runs on the
+    inputs in float64 (the expected values) and on the inputs as they are (a plain computation in
+    their own precision, whose distance from float64 widens the tolerance, as PyTorch's
+    get_tolerances does). `dtype` is the precision the student's result is compared in."""
+    high = reference(*map(_in_float64, args), **{k: _in_float64(v) for k, v in kwargs.items()})
+    low = reference(*args, **kwargs)
+    return [(h, tolerance_for(dtype, h, l)) for h, l in zip(high, low)]
+
+
 # ---------------------------------------------------------------------------
 # Notebooks 2 and 3
 # ---------------------------------------------------------------------------

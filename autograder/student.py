@@ -6,7 +6,6 @@ pipe with the JSON protocol; `InProcessStudent` calls the functions of the
 instructor's own kernel (for `hidden_check` in source notebooks). Checks see
 the same `Outcome` either way.
 """
-import json
 import os
 import select
 import signal
@@ -14,7 +13,6 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 
 import course_config
@@ -22,7 +20,8 @@ import course_config
 from .sandbox import process_cap, sandbox_environment, worker_command
 from .time_budget import call_deadline, first_to_end, submission_deadline
 from .sandboxed_worker import protocol
-from .sandboxed_worker.worker import Session, describe
+from .sandboxed_worker.protocol import decode_value, describe
+from .sandboxed_worker.worker import Session
 
 
 MAX_SKIPPED_CELLS = 3  # cells that hang or kill the worker, left out before giving up
@@ -36,29 +35,6 @@ class StudentUnresponsive(BaseException):
     """
 
 
-@dataclass
-class Returned:
-    """A tensor a student's function returned, as the grader sees it."""
-    array: np.ndarray | None  # None for tensors on the 'meta' device
-    dtype: str
-    shape: tuple
-    device: str
-    requires_grad: bool = False
-    has_grad_fn: bool = False
-    oversized: bool = False  # more elements than the grader reads: shape and dtype only
-
-    @property
-    def elements(self):
-        return int(np.prod(self.shape, dtype=np.int64)) if self.shape else 1
-
-
-@dataclass
-class Opaque:
-    """Anything else a student's function returned: its type and repr, nothing more."""
-    type: str
-    repr: str
-
-
 @dataclass(frozen=True)
 class Handle:
     """An object a student's call made that stays in their worker (a KVCache): used by later calls."""
@@ -66,9 +42,15 @@ class Handle:
 
 
 @dataclass(frozen=True)
-class InNotebook:
-    """An argument that is a module-level value of the student's own notebook, by name (IMPLEMENTATIONS)."""
-    name: str
+class Allocates:
+    """An argument that is a function the worker makes: f(Q, K, V) creates one tensor of
+    round(coefficient * L ** exponent) + offset numbers and returns Q (protocol.encode_allocator)."""
+    coefficient: float
+    exponent: float
+    offset: int = 0
+
+    def numbers(self, length):
+        return protocol.allocation(protocol.encode_allocator(self.coefficient, self.exponent, self.offset), length)
 
 
 @dataclass
@@ -84,103 +66,6 @@ class Outcome:
     handle: Handle | None = None  # with keep=True: the returned object, kept in the worker
 
 
-def decode_value(spec):
-    """Rebuild a described value on the trusted side; anything unexpected becomes Opaque.
-
-    Whatever the worker sends is the student's answer: a value the protocol refuses (a tensor too
-    large to read, a malformed description) is decoded here, inside the request, into something a
-    check fails in the student's terms, never an exception that would leave the check pending."""
-    try:
-        return _decode_value(spec)
-    except (protocol.ProtocolError, ValueError, TypeError, KeyError) as err:
-        return Opaque("value the grader could not read", str(err)[:200])
-
-
-def _decode_value(spec):
-    if not isinstance(spec, dict):
-        return Opaque("unreadable", repr(spec)[:200])
-    kind = spec.get("kind")
-    if kind == "tensor":
-        try:
-            array, oversized = protocol.decode_array(spec), False
-        except protocol.TooLarge:  # decode_array has checked dtype and shape: only the values are missing
-            array, oversized = None, True
-        return Returned(array, spec["dtype"], tuple(spec["shape"]), str(spec.get("device", "?")),
-                        bool(spec.get("requires_grad")), bool(spec.get("has_grad_fn")), oversized)
-    if kind == "scalar":
-        value = spec.get("value")
-        if spec.get("float"):
-            return float(value)
-        return value if value is None or type(value) in (bool, int, float, str) else Opaque("scalar", repr(value))
-    if kind == "sequence":
-        items = tuple(decode_value(item) for item in list(spec.get("items", []))[:protocol.MAX_ITEMS])
-        return items if spec.get("type") == "tuple" else list(items)
-    if kind == "mapping":
-        return {str(k): decode_value(v) for k, v in dict(spec.get("items", {})).items()}
-    if kind == "figure":
-        return decode_figure(spec)
-    return Opaque(str(spec.get("type", "object"))[:200], str(spec.get("repr", ""))[:2000])
-
-
-@dataclass
-class Image:
-    """A heatmap on an axes (imshow or pcolormesh): its data and its colour limits."""
-    data: np.ndarray
-    clim: tuple
-
-
-@dataclass
-class Axes:
-    title: str
-    xlabel: str
-    ylabel: str
-    xticks: list  # [(position, label)]
-    yticks: list
-    is_colorbar: bool
-    images: list  # [Image]
-
-    @staticmethod
-    def _labels(ticks):
-        return [label for _, label in sorted(ticks, key=lambda tick: tick[0])]
-
-    @property
-    def xticklabels(self):
-        """Tick labels from the smallest x position to the largest."""
-        return self._labels(self.xticks)
-
-    @property
-    def yticklabels(self):
-        """Tick labels from the smallest y position to the largest (row 0 first for a heatmap)."""
-        return self._labels(self.yticks)
-
-
-@dataclass
-class FigureSummary:
-    """A matplotlib figure a student's function returned, as data (see worker._describe_figure)."""
-    title: str
-    axes: list  # [Axes]
-
-    @property
-    def plots(self):
-        """The axes that are not colorbars."""
-        return [ax for ax in self.axes if not ax.is_colorbar]
-
-    @property
-    def colorbars(self):
-        return [ax for ax in self.axes if ax.is_colorbar]
-
-
-def decode_figure(spec):
-    axes = []
-    for ax in list(spec.get("axes", []))[:protocol.MAX_ITEMS]:
-        images = [Image(protocol.decode_array(image["data"]), tuple(float(v) for v in image["clim"]))
-                  for image in ax.get("images", [])]
-        ticks = {side: [(float(pos), str(label)) for pos, label in ax.get(side, [])] for side in ("xticks", "yticks")}
-        axes.append(Axes(str(ax.get("title", "")), str(ax.get("xlabel", "")), str(ax.get("ylabel", "")),
-                         ticks["xticks"], ticks["yticks"], bool(ax.get("is_colorbar")), images))
-    return FigureSummary(str(spec.get("title", "")), axes)
-
-
 def encode_argument(value, requires_grad=False, device="cpu"):
     """Describe an argument for the worker: tensors keep their dtype; grad and device ride along."""
     if isinstance(value, torch.Tensor):
@@ -189,10 +74,12 @@ def encode_argument(value, requires_grad=False, device="cpu"):
         return spec
     if isinstance(value, Handle):
         return protocol.encode_handle(value.id)
-    if isinstance(value, InNotebook):
-        return protocol.encode_name(value.name)
     if isinstance(value, torch.Generator):  # only its seed travels: checks pass freshly seeded generators
         return protocol.encode_generator(value.initial_seed())
+    if isinstance(value, Allocates):
+        return protocol.encode_allocator(value.coefficient, value.exponent, value.offset)
+    if type(value) is dict:
+        return {"kind": "mapping", "items": {str(k): encode_argument(v, device=device) for k, v in value.items()}}
     return describe(value)
 
 
@@ -276,9 +163,7 @@ class InProcessStudent(StudentCode):
 
     def _request(self, message, timeout):
         # The same JSON round trip as the worker, so both paths see identical values.
-        message = json.loads(protocol.dumps(message))
-        handler = {"value": self.session.value, "method": self.session.method}.get(message["op"], self.session.call)
-        reply = handler(message)
+        reply = self.session.handle(protocol.loads(protocol.dumps(message)))
         return protocol.loads(protocol.dumps(reply))
 
 

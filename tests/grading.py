@@ -68,3 +68,28 @@ def regex_in(grade_id, pattern, new):
         answers[grade_id] = code
         return answers
     return mutate
+
+
+def public_test_failure(name, answers, test_id):
+    """None when the public test cell `test_id` of notebook `name` passes with `answers` in the solution
+    cells, run as a student runs it (the setup, helper and answer cells before it, in order); else what
+    it says. Other public tests, hidden cells and cells tagged grader-skip are not run."""
+    from tests.students import student_notebook
+
+    namespace = {}
+    for cell in student_notebook(answers, name=name).cells:
+        meta = cell.metadata.get("nbgrader", {})
+        if cell.cell_type != "code" or "grader-skip" in cell.metadata.get("tags", []):
+            continue
+        target = meta.get("grade_id") == test_id
+        if meta.get("grade") and not meta.get("solution") and not target:
+            continue
+        try:
+            exec(compile(cell.source, meta.get("grade_id", "cell"), "exec"), namespace)  # noqa: S102 - test answers
+        except Exception as err:  # noqa: BLE001 - what the student would see
+            if target:
+                return f"{type(err).__name__}: {err}"
+            raise
+        if target:
+            return None
+    raise ValueError(f"{name} has no public test {test_id!r}")

@@ -2,11 +2,15 @@
 in-process; a broken worker fails checks, never passes them. (That the registry and the notebooks
 agree, points and public tests included, is tests/test_points.py.)"""
 import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from autograder.checks import run_check
+from autograder.checks.expectations import shape_mentioned
 from autograder.student import InProcessStudent, SandboxedStudent
 from tests.grading import decidable_points, gpu_checks, grade_checks
-from tests.students import NB1, ROOT, reference_answers, student_notebook
+from tests.students import NB1, ROOT, reference_answers, source_notebook, student_notebook
 
 
 
@@ -150,7 +154,7 @@ def test_a_fully_masked_row_failure_says_the_rule_in_words():
 
     from autograder.checks import CheckFailed
     from autograder.checks.expectations import expect_exactly_zero
-    from autograder.student import Returned
+    from autograder.sandboxed_worker.protocol import Returned
 
     output = np.zeros((1, 3, 2))
     output[0, 1, 0] = 0.25
@@ -177,3 +181,34 @@ def test_a_scratch_cell_may_compare_with_pytorch_but_an_answer_may_not():
     with SandboxedStudent(student_code(nb), sources=student_written_code(nb), answers=graded_answers(nb)) as student:
         verdict = run_check("attention_matches_reference", student)
     assert verdict.status == "failed" and "scaled_dot_product_attention (in your cell 'attention', line" in verdict.message
+
+
+@st.composite
+def error_messages(draw):
+    """(message, shape): a ValueError's text naming some shapes, in the spellings students use."""
+    shapes = draw(st.lists(st.lists(st.integers(0, 12), min_size=1, max_size=4).map(tuple), min_size=1, max_size=3))
+    def spell(shape):
+        dims = [str(n) for n in shape]
+        gap = draw(st.sampled_from(["", " ", "  ", "\n"]))
+        return draw(st.sampled_from([f"[{(',' + gap).join(dims)}]", f"({(',' + gap).join(dims)})",
+                                     "x".join(dims), f"torch.Size([{(',' + gap).join(dims)}])",
+                                     f"({dims[0]},)" if len(dims) == 1 else "x".join(dims)]))
+    message = "got " + " and ".join(spell(s) for s in shapes)
+    asked = draw(st.one_of(st.sampled_from(shapes), st.lists(st.integers(0, 12), min_size=1, max_size=4).map(tuple)))
+    return message, asked
+
+
+@settings(max_examples=300, deadline=None, derandomize=True, database=None)
+@given(error_messages())
+def test_the_notebooks_shape_rule_is_the_graders(case):
+    """Notebook 1's public tests and the hidden checks accept the same spellings of a shape in a
+    ValueError (issue 19: the notebook's mentions() differed on 1-tuples and whitespace)."""
+    message, shape = case
+    assert notebook_mentions()(message, shape) == shape_mentioned(message, shape), (message, shape)
+
+
+def notebook_mentions():
+    cell = next(c for c in source_notebook(NB1).cells if c.metadata.get("nbgrader", {}).get("grade_id") == "test_helpers")
+    namespace = {"torch": torch, "FLOAT32_RTOL": 0, "FLOAT32_ATOL": 0, "get_ipython": None}
+    exec(compile(cell.source, "test_helpers", "exec"), namespace)  # noqa: S102 - the course's own notebook
+    return namespace["mentions"]

@@ -6,7 +6,8 @@ checks of that cell through the sandboxed worker (tests/mutation_helpers.py).
 """
 import pytest
 
-from tests.grading import check_points, decidable_points, gpu_checks, grade_checks, replace_in, rewrite
+from tests.grading import (check_points, decidable_points, gpu_checks, grade_checks, public_test_failure, replace_in,
+                           rewrite)
 from tests.mutation_helpers import expect_full_marks, expect_points_lost
 from tests.students import NB4, reference_answers, student_notebook
 
@@ -229,9 +230,8 @@ MUTANTS = {
     "queries split by reshape without transpose": ("multi_head_attention", replace_in(
         "multi_head_attention", "Q = split_heads(x @ W_q, num_heads)",
         "Q = (x @ W_q).reshape(B, num_heads, L, d_head)")),
-    "GQA groups built with repeat, not repeat_interleave": ("multi_head_attention", replace_in(
-        "multi_head_attention", "K.repeat_interleave(group, dim=1), V.repeat_interleave(group, dim=1)",
-        "K.repeat(1, group, 1, 1), V.repeat(1, group, 1, 1)")),
+    "GQA groups dealt out in turn (head h to kv head h % H_kv)": ("multi_head_attention", replace_in(
+        "multi_head_attention", "Q = Q.unflatten(1, (num_kv_heads, group))", "Q = Q.unflatten(1, (group, num_kv_heads)).transpose(1, 2)")),
     "W_o skipped": ("multi_head_attention", replace_in(
         "multi_head_attention", "return merge_heads(out) @ W_o, weights", "return merge_heads(out), weights")),
     "scaled by sqrt(d_model), not sqrt(d_head)": ("multi_head_attention", replace_in(
@@ -281,12 +281,11 @@ MUTANTS = {
     "len() one short": ("kv_cache", replace_in("kv_cache", "return self.length\n", "return max(self.length - 1, 0)\n")),
     # decode_step
     "decode step that skips W_o": ("decode_step", replace_in(
-        "decode_step", "return merge_heads(out) @ W_o", "return merge_heads(out)")),
-    "decode step with repeat, not repeat_interleave": ("decode_step", replace_in(
-        "decode_step", "K.repeat_interleave(group, dim=1), V.repeat_interleave(group, dim=1)",
-        "K.repeat(1, group, 1, 1), V.repeat(1, group, 1, 1)")),
+        "decode_step", "return merge_heads(out.flatten(1, 2)) @ W_o", "return merge_heads(out.flatten(1, 2))")),
+    "decode step with query heads dealt out in turn": ("decode_step", replace_in(
+        "decode_step", "q = q.unflatten(1, (num_kv_heads, group))", "q = q.unflatten(1, (group, num_kv_heads)).transpose(1, 2)")),
     "decode step that attends only to the new token": ("decode_step", replace_in(
-        "decode_step", "out, _ = attention(q, K, V)", "out, _ = attention(q, K[:, :, -1:], V[:, :, -1:])")),
+        "decode_step", "out, _ = attention(q, K, V)", "out, _ = attention(q, K[..., -1:, :], V[..., -1:, :])")),
     "decode step that forgets the scale": ("decode_step", replace_in(
         "decode_step", "out, _ = attention(q, K, V)", "out, _ = attention(q, K, V, scale=False)")),
     # the systems lab: fit_exponent and profile_attention
@@ -389,6 +388,150 @@ CORRECT_VARIANTS = {
     "a cache built on index_copy_": ("kv_cache", rewrite("kv_cache", INDEX_COPY_CACHE)),
     "numpy polyfit and a sorted-middle median": ("profile_attention", rewrite("profile_attention", NUMPY_PROFILE)),
 }
+
+
+def both(*mutations):
+    def mutate(answers):
+        for mutation in mutations:
+            answers = mutation(answers)
+        return answers
+    return mutate
+
+
+STRIDE_DROPOUT = """
+def attention_with_dropout(Q, K, V, mask=None, scale=True, p=0.1, training=True, generator=None):
+    \"\"\"Not random at all: a fixed stride pattern of kept weights, rolled by the seed.\"\"\"
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"p = {p} must be in [0, 1]")
+    out, weights = attention(Q, K, V, mask=mask, scale=scale)
+    if not training or p == 0.0:
+        return out, weights
+    if p == 1.0:
+        weights = torch.zeros_like(weights)
+        return weights @ V, weights
+    shift = int(torch.randint(0, 1000, (1,), generator=generator))
+    index = torch.arange(weights.numel()).reshape(weights.shape) + shift
+    keep = (index % 10) >= round(p * 10)
+    weights = weights * keep / (1.0 - p)
+    return weights @ V, weights
+"""
+
+TYPED_IN_PROFILE = """
+def fit_exponent(xs, ys):
+    import numpy as np
+    return float(np.polyfit(np.log(xs), np.log(ys), 1)[0])
+
+
+def profile_attention(implementations, seq_lens, d_k=64, repeats=5):
+    \"\"\"Measures nothing: the table the lesson predicts, typed in.\"\"\"
+    return [{"name": name, "seq_len": L, "seconds": 1.0, "peak_elements": L * L if name == "attention()" else 3 * L}
+            for name in implementations for L in seq_lens]
+"""
+
+FLOAT32_TENSOR_EXPONENT = """
+def fit_exponent(xs, ys):
+    ln_x, ln_y = torch.tensor(xs).float().log(), torch.tensor(ys).float().log()
+    dx = ln_x - ln_x.mean()
+    return (dx * (ln_y - ln_y.mean())).sum() / (dx * dx).sum()
+
+
+def profile_attention""" + NUMPY_PROFILE.split("def profile_attention", 1)[1]
+
+KV_HEADS_FROM_THE_WEIGHTS = ("    num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads\n    B, L, d_model = x.shape\n",
+                             "    B, L, d_model = x.shape\n    num_kv_heads = (W_k.shape[1] // (d_model // num_heads) if num_kv_heads is None "
+                             "and num_heads and d_model % num_heads == 0 else num_heads if num_kv_heads is None else num_kv_heads)\n")
+
+# Answers that break a rule the hidden checks grade (issue 20). Each must fail the public test named
+# here, so that no student loses hidden points for a rule no public test showed: (answer cell, change,
+# the public test that shows the rule).
+SHOWN_FIRST = {
+    "online softmax without the safe running maximum, cleaned up by nan_to_num": ("tiled_attention", both(
+        replace_in("tiled_attention", "safe_max = new_max.masked_fill(torch.isneginf(new_max), 0.0)", "safe_max = new_max"),
+        replace_in("tiled_attention", "return torch.where(seen, output / running_sum.masked_fill(~seen, 1.0), 0.0)",
+                   "return torch.nan_to_num(output / running_sum)")), "test_tiled_attention"),
+    "split_heads' error names only the width": ("split_merge_heads", replace_in(
+        "split_merge_heads", 'f"split_heads: the last dimension of x {list(x.shape)} does not divide into "',
+        'f"split_heads: width {width} does not divide into "'), "test_split_merge_heads"),
+    "multi_head_attention's error names only d_model": ("multi_head_attention", replace_in(
+        "multi_head_attention", 'f"x {list(x.shape)}: d_model = {d_model} must divide', 'f"d_model = {d_model} must divide'),
+        "test_multi_head_attention"),
+    "only the d_model % num_heads check": ("multi_head_attention", both(
+        replace_in("multi_head_attention", "    if context.dim() != 3 or context.shape[0] != B or context.shape[2] != d_model:",
+                   "    if False:"),
+        replace_in("multi_head_attention", "        if tuple(W.shape) != shape:", "        if False:")),
+        "test_multi_head_attention"),
+    "num_kv_heads=None read off W_k's width (grouped-query with [8, 4] weights)": ("multi_head_attention", replace_in(
+        "multi_head_attention", *KV_HEADS_FROM_THE_WEIGHTS), "test_multi_head_attention"),
+    "x.view(B, L, H, -1) (L = 0 has no -1)": ("split_merge_heads", replace_in(
+        "split_merge_heads", "x.view(B, L, num_heads, width // num_heads)", "x.view(B, L, num_heads, -1)"),
+        "test_split_merge_heads"),
+    "tiled attention ignores scale=False": ("tiled_attention", replace_in(
+        "tiled_attention", "        if scale:\n            scores = scores / math.sqrt", "        if True:\n            scores = scores / math.sqrt"),
+        "test_tiled_attention"),
+    "local attention ignores scale=False": ("local_attention", replace_in(
+        "local_attention", "    if scale:\n        scores = scores / math.sqrt", "    if True:\n        scores = scores / math.sqrt"),
+        "test_local_attention"),
+    "local attention unfolds axis 1, not the sequence axis": ("local_attention", replace_in(
+        "local_attention", ".unfold(-2, width, 1)", ".unfold(1, width, 1)", count=None), "test_local_attention"),
+    "tiled attention without input checks (d_k = 0 gives NaN)": ("tiled_attention", replace_in(
+        "tiled_attention", "    if Q.shape[-1] == 0 or Q.shape[-1] != K.shape[-1] or K.shape[-2] != V.shape[-2]:",
+        "    if False:"), "test_tiled_attention"),
+    "tiled attention crashes on an [L, 1] mask": ("tiled_attention", replace_in(
+        "tiled_attention", "block = mask[..., start:stop] if mask.shape[-1] > 1 else mask", "block = mask[..., start:stop]"),
+        "test_tiled_attention"),
+    "tiled attention returns zeros for block_size = -1": ("tiled_attention", replace_in(
+        "tiled_attention", "    if block_size < 1:", "    if block_size == 0:"), "test_tiled_attention"),
+    "a cache that grows by torch.cat": ("kv_cache", rewrite("kv_cache", CAT_CACHE), "test_kv_cache"),
+    "a cache overflow that names only max_len": ("kv_cache", replace_in(
+        "kv_cache", 'f"the cache holds {self.length} of its max_len = {self.max_len} positions: "\n'
+                    '                             f"{T} more ({self.length + T}) do not fit"',
+        'f"max_len = {self.max_len} exceeded"'), "test_kv_cache"),
+    "p = 1 without its special case (0 / 0)": ("attention_with_dropout", replace_in(
+        "attention_with_dropout", "    if p == 1.0:\n", "    if False:\n"), "test_attention_with_dropout"),
+    "output made from the weights before dropout": ("attention_with_dropout", replace_in(
+        "attention_with_dropout", "    return weights @ V, weights", "    return out, weights"), "test_attention_with_dropout"),
+    "dropout by a stride pattern rolled by the seed": ("attention_with_dropout", rewrite(
+        "attention_with_dropout", STRIDE_DROPOUT), "test_attention_with_dropout"),
+    "fit_exponent in float32, returning a 0-d tensor": ("profile_attention", rewrite(
+        "profile_attention", FLOAT32_TENSOR_EXPONENT), "test_profile_attention"),
+    "seconds as a tensor": ("profile_attention", replace_in(
+        "profile_attention", '"seconds": statistics.median(times)', '"seconds": torch.tensor(statistics.median(times))'),
+        "test_profile_attention"),
+    "a typed-in profile table": ("profile_attention", rewrite("profile_attention", TYPED_IN_PROFILE),
+                                 "test_profile_attention"),
+}
+
+
+CORRECT_VARIANTS["fit_exponent in float32, as a Python float"] = ("profile_attention", rewrite(
+    "profile_attention", FLOAT32_TENSOR_EXPONENT.replace("return (dx * (ln_y - ln_y.mean())).sum() / (dx * dx).sum()",
+                                                         "return float((dx * (ln_y - ln_y.mean())).sum() / (dx * dx).sum())")))
+
+
+GROUPED_BY_VIEW = """    Q = Q.unflatten(1, (num_kv_heads, group))                             # [B, H_kv, G, L, d]: a group together
+    K, V = K.unsqueeze(2), V.unsqueeze(2)                                 # [B, H_kv, 1, S, d]: broadcast, no copy
+    if mask is not None and mask.dim() >= 3:                              # it has a head axis (H or 1)
+        mask = mask.reshape((1,) * (4 - mask.dim()) + tuple(mask.shape))  # [B or 1, H or 1, L, S]
+        mask = mask.unflatten(1, (num_kv_heads, group)) if mask.shape[1] == num_heads > 1 else mask.unsqueeze(2)
+    out, weights = attention(Q, K, V, mask=mask)                          # [B, H_kv, G, L, d], [B, H_kv, G, L, S]
+    out, weights = out.flatten(1, 2), weights.flatten(1, 2)               # [B, H, L, d], [B, H, L, S]
+"""
+CORRECT_VARIANTS["grouped queries by repeat_interleave (a copy of each kv head)"] = ("multi_head_attention", replace_in(
+    "multi_head_attention", GROUPED_BY_VIEW, "    K, V = K.repeat_interleave(group, dim=1), V.repeat_interleave(group, dim=1)\n"
+                                             "    out, weights = attention(Q, K, V, mask=mask)\n"))
+
+
+@pytest.mark.parametrize("answer", sorted(SHOWN_FIRST))
+def test_a_rule_that_costs_hidden_points_is_shown_by_a_public_test_first(answer):
+    cell, change, public_test = SHOWN_FIRST[answer]
+    failure = public_test_failure(NB4, change(reference_answers(NB4)), public_test)
+    assert failure is not None, f"{answer!r} passes {public_test}, and the hidden checks take points for it"
+    print(f"{answer}: {public_test} says {failure.splitlines()[0][:160]}")
+    expect_points_lost(NB4, CHECKS[cell], change, answer)
+
+
+def test_the_reference_passes_every_public_test():
+    for public_test in sorted({test for _, _, test in SHOWN_FIRST.values()}):
+        assert public_test_failure(NB4, reference_answers(NB4), public_test) is None, public_test
 
 
 def test_every_check_passes_on_the_reference_solution_in_the_sandbox():

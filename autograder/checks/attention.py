@@ -3,15 +3,15 @@ assignment", and the source notebook source/attention_surgeon/01_attention_from_
 
 Trusted code. Every check compares the student's results with the float64
 reference of autograder/reference.py on inputs from autograder/strategies.py,
-plus pinned @examples for the named edge cases. Points live in the notebook's
-hidden-check cells.
+plus pinned @examples for the named edge cases. Each check declares its points,
+what it grades and the public tests that show its rule beside it (autograder/points.py).
 """
 import numpy as np
 import torch
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from ..reference import reference_attention, reference_with_grads, tolerance_for
+from ..reference import expected_results, reference_attention, reference_with_grads, tolerance_for
 from ..static_scan import find_forbidden, find_tampering
 from ..strategies import GRADING, AttentionCase, attention_inputs, fixed_case, random_values
 from . import CheckFailed, NeedsTA, check, void_family
@@ -49,14 +49,11 @@ def call_attention(student, case, **options):
     return outcome
 
 
-def expected_for(case):
-    """Float64 reference, and the tolerances for the case's dtype."""
-    as64 = [t.to(torch.float64) for t in (case.Q, case.K, case.V)]
-    mask = case.mask if case.mask is None or case.mask.dtype == torch.bool else case.mask.to(torch.float64)
-    out, weights = reference_attention(*as64, mask, case.scale)
-    low_out, low_weights = reference_attention(case.Q, case.K, case.V, case.mask, case.scale)
-    dtype = case.Q.dtype
-    return (out, tolerance_for(dtype, out, low_out)), (weights, tolerance_for(dtype, weights, low_weights))
+def expected_for(case, mask=None):
+    """((output, tolerance), (weights, tolerance)): the float64 reference of attention on `case` (with
+    `mask` in place of the case's own, when given) and the tolerances for the case's dtype."""
+    return expected_results(reference_attention, case.Q, case.K, case.V, case.mask if mask is None else mask,
+                            case.scale, dtype=case.Q.dtype)
 
 
 def expect_matches_reference(student, case):

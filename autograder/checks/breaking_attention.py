@@ -27,7 +27,7 @@ import torch
 import course_config
 
 from ..reference import reference_attention, scaling_statistics
-from ..student import Returned
+from ..sandboxed_worker.protocol import Returned
 from . import CheckFailed, check
 from .expectations import expect_no_error, what
 

@@ -8,8 +8,7 @@ import re
 import numpy as np
 import torch
 
-from ..sandboxed_worker.protocol import MAX_ARRAY_ELEMENTS
-from ..student import Opaque, Returned
+from ..sandboxed_worker.protocol import MAX_ARRAY_ELEMENTS, Opaque, Returned
 from . import CheckFailed
 
 

@@ -14,8 +14,8 @@ import torch
 from hypothesis import example, given
 
 from ..reference import reference_pattern_statistics
+from ..sandboxed_worker.protocol import FigureSummary
 from ..strategies import GRADING, attention_maps, fixed_map, map_values, tokens_for
-from ..student import FigureSummary
 from . import CheckFailed, check
 from .expectations import expect_no_error, expect_value_error, what
 

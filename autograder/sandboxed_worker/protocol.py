@@ -4,12 +4,18 @@ One message per line, JSON. Tensors travel as plain arrays: dtype, shape and
 base64 of the raw little-endian bytes. There is no pickle in either direction,
 so nothing a student's code returns can run code in the grader.
 
-Both sides import this module. It must only ever *describe* values; the
-trusted side re-checks everything it decodes (see `decode_array`).
+Both sides import this module, and the format lives here only: the caps, arrays, the
+arguments the grader sends (encode_*), and the values a student's function returns,
+described in the worker (`describe`) and rebuilt by the grader (`decode_value`, which
+re-checks everything it decodes, as `decode_array` does). The worker's own request
+dispatcher is `worker.Session.handle`.
 """
 import base64
 import json
+import math
 import os
+import sys
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -64,9 +70,17 @@ def encode_handle(handle_id):
     return {"kind": "handle", "id": int(handle_id)}
 
 
-def encode_name(name):
-    """A module-level value of the student's notebook (IMPLEMENTATIONS), passed as an argument by name."""
-    return {"kind": "name", "name": str(name)}
+def encode_allocator(coefficient, exponent, offset=0):
+    """A function for a student's profiler to measure, made in the worker: called as f(Q, K, V) it creates
+    one tensor of `allocation(spec, L)` numbers (L = Q.shape[-2]) and returns Q. The grader knows what it
+    allocates; the student's code does not until it measures it."""
+    return {"kind": "allocator", "coefficient": float(coefficient), "exponent": float(exponent),
+            "offset": int(offset)}
+
+
+def allocation(spec, length):
+    """The numbers an allocator function (encode_allocator) creates for a sequence of `length`."""
+    return int(round(float(spec["coefficient"]) * length ** float(spec["exponent"]))) + int(spec["offset"])
 
 
 def encode_array(array, dtype_name, **meta):
@@ -111,3 +125,218 @@ def loads(line):
     if not isinstance(message, dict):
         raise ProtocolError("a message must be a JSON object")
     return message
+
+
+# ---------------------------------------------------------------------------
+# Values: what a student's function returned, described in the worker (`describe`, which student
+# code shares a process with) and rebuilt in the grader (`decode_value`, which re-checks all of it:
+# whatever arrives is the student's answer, and anything unexpected becomes Opaque).
+# ---------------------------------------------------------------------------
+def _short(text):
+    text = str(text)
+    return text if len(text) <= MAX_TEXT else text[:MAX_TEXT] + " ..."
+
+
+def describe(value, depth=0):
+    """A JSON-able description of whatever a student's function returned."""
+    import torch
+
+    try:
+        if isinstance(value, torch.Tensor):
+            return _describe_tensor(value)
+        if _is_figure(value):
+            return _describe_figure(value)
+        if value is None or type(value) in (bool, int, str):
+            return {"kind": "scalar", "value": value if type(value) is not str else _short(value)}
+        if type(value) is float:
+            return {"kind": "scalar", "value": value if math.isfinite(value) else repr(value), "float": True}
+        if isinstance(value, (np.floating, np.integer, np.bool_)):
+            return describe(value.item(), depth)
+        if type(value) in (tuple, list) and depth < 4:
+            return {"kind": "sequence", "type": type(value).__name__, "length": len(value),
+                    "items": [describe(v, depth + 1) for v in value[:MAX_ITEMS]]}
+        if type(value) is dict and depth < 4:
+            items = list(value.items())[:MAX_ITEMS]
+            return {"kind": "mapping", "items": {_short(k): describe(v, depth + 1) for k, v in items}}
+        return {"kind": "object", "type": _short(type(value).__qualname__), "repr": _short(repr(value))}
+    except Exception as err:  # noqa: BLE001 - a value that cannot be described is still an answer
+        return {"kind": "object", "type": "unreadable", "repr": _short(f"{type(err).__name__}: {err}")}
+
+
+def _describe_tensor(tensor):
+    import torch
+
+    dtype = str(tensor.dtype).replace("torch.", "")
+    meta = {"device": str(tensor.device), "requires_grad": bool(tensor.requires_grad),
+            "has_grad_fn": tensor.grad_fn is not None}
+    if dtype not in WIRE_DTYPES:
+        return {"kind": "object", "type": f"Tensor[{dtype}]", "repr": _short(f"tensor of dtype {dtype}")}
+    if tensor.device.type == "meta":
+        return {"kind": "tensor", "dtype": dtype, "shape": list(tensor.shape), "data": None, **meta}
+    if tensor.numel() > MAX_ARRAY_ELEMENTS:  # its shape is the answer the grader needs; its values are not sent
+        return {"kind": "tensor", "dtype": dtype, "shape": list(tensor.shape), "data": None, "oversized": True, **meta}
+    data = tensor.detach().to("cpu")
+    if dtype == "bfloat16":
+        data = data.to(torch.float32)
+    return encode_array(data.numpy(), dtype, **meta)
+
+
+def _is_figure(value):
+    figure_module = sys.modules.get("matplotlib.figure")  # never import matplotlib just to ask
+    return figure_module is not None and isinstance(value, figure_module.Figure)
+
+
+def _describe_figure(figure):
+    """What a figure shows, as data: per axes its title, axis labels, ticks and heatmap images.
+
+    The figure is drawn first (tick labels are only final after a draw) and then closed.
+    """
+    import matplotlib.pyplot as plt
+    from matplotlib.collections import QuadMesh
+
+    try:
+        figure.canvas.draw()
+        axes = []
+        for ax in figure.axes[:MAX_ITEMS]:
+            images = [m for m in list(ax.images) + [c for c in ax.collections if isinstance(c, QuadMesh)]
+                      if m.get_array() is not None][:MAX_ITEMS]
+            axes.append({
+                "title": _short(ax.get_title()), "xlabel": _short(ax.get_xlabel()), "ylabel": _short(ax.get_ylabel()),
+                "xticks": _ticks(ax.xaxis), "yticks": _ticks(ax.yaxis),
+                "is_colorbar": getattr(ax, "_colorbar", None) is not None,
+                "images": [{"data": encode_array(np.ma.filled(np.ma.asarray(m.get_array(), dtype=np.float64), np.nan),
+                                                 "float64"),
+                            "clim": [float(v) for v in m.get_clim()]} for m in images],
+            })
+        return {"kind": "figure", "title": _short(figure.get_suptitle()), "axes": axes}
+    finally:
+        plt.close(figure)
+
+
+def _ticks(axis):
+    """[(position, label)] of the major ticks inside the axis' view, in data coordinates."""
+    low, high = sorted(axis.get_view_interval())
+    locations = axis.get_majorticklocs()
+    labels = [label.get_text() for label in axis.get_majorticklabels()]
+    return [[float(loc), _short(text)] for loc, text in zip(locations, labels)
+            if low - 1e-9 <= loc <= high + 1e-9][:MAX_ITEMS * 4]
+
+
+@dataclass
+class Returned:
+    """A tensor a student's function returned, as the grader sees it."""
+    array: np.ndarray | None  # None for tensors on the 'meta' device
+    dtype: str
+    shape: tuple
+    device: str
+    requires_grad: bool = False
+    has_grad_fn: bool = False
+    oversized: bool = False  # more elements than the grader reads: shape and dtype only
+
+    @property
+    def elements(self):
+        return int(np.prod(self.shape, dtype=np.int64)) if self.shape else 1
+
+
+@dataclass
+class Opaque:
+    """Anything else a student's function returned: its type and repr, nothing more."""
+    type: str
+    repr: str
+
+
+def decode_value(spec):
+    """Rebuild a described value on the trusted side; anything unexpected becomes Opaque.
+
+    Whatever the worker sends is the student's answer: a value the protocol refuses (a tensor too
+    large to read, a malformed description) is decoded here, inside the request, into something a
+    check fails in the student's terms, never an exception that would leave the check pending."""
+    try:
+        return _decode_value(spec)
+    except (ProtocolError, ValueError, TypeError, KeyError) as err:
+        return Opaque("value the grader could not read", str(err)[:200])
+
+
+def _decode_value(spec):
+    if not isinstance(spec, dict):
+        return Opaque("unreadable", repr(spec)[:200])
+    kind = spec.get("kind")
+    if kind == "tensor":
+        try:
+            array, oversized = decode_array(spec), False
+        except TooLarge:  # decode_array has checked dtype and shape: only the values are missing
+            array, oversized = None, True
+        return Returned(array, spec["dtype"], tuple(spec["shape"]), str(spec.get("device", "?")),
+                        bool(spec.get("requires_grad")), bool(spec.get("has_grad_fn")), oversized)
+    if kind == "scalar":
+        value = spec.get("value")
+        if spec.get("float"):
+            return float(value)
+        return value if value is None or type(value) in (bool, int, float, str) else Opaque("scalar", repr(value))
+    if kind == "sequence":
+        items = tuple(decode_value(item) for item in list(spec.get("items", []))[:MAX_ITEMS])
+        return items if spec.get("type") == "tuple" else list(items)
+    if kind == "mapping":
+        return {str(k): decode_value(v) for k, v in dict(spec.get("items", {})).items()}
+    if kind == "figure":
+        return decode_figure(spec)
+    return Opaque(str(spec.get("type", "object"))[:200], str(spec.get("repr", ""))[:2000])
+
+
+@dataclass
+class Image:
+    """A heatmap on an axes (imshow or pcolormesh): its data and its colour limits."""
+    data: np.ndarray
+    clim: tuple
+
+
+@dataclass
+class Axes:
+    title: str
+    xlabel: str
+    ylabel: str
+    xticks: list  # [(position, label)]
+    yticks: list
+    is_colorbar: bool
+    images: list  # [Image]
+
+    @staticmethod
+    def _labels(ticks):
+        return [label for _, label in sorted(ticks, key=lambda tick: tick[0])]
+
+    @property
+    def xticklabels(self):
+        """Tick labels from the smallest x position to the largest."""
+        return self._labels(self.xticks)
+
+    @property
+    def yticklabels(self):
+        """Tick labels from the smallest y position to the largest (row 0 first for a heatmap)."""
+        return self._labels(self.yticks)
+
+
+@dataclass
+class FigureSummary:
+    """A matplotlib figure a student's function returned, as data (see worker._describe_figure)."""
+    title: str
+    axes: list  # [Axes]
+
+    @property
+    def plots(self):
+        """The axes that are not colorbars."""
+        return [ax for ax in self.axes if not ax.is_colorbar]
+
+    @property
+    def colorbars(self):
+        return [ax for ax in self.axes if ax.is_colorbar]
+
+
+def decode_figure(spec):
+    axes = []
+    for ax in list(spec.get("axes", []))[:MAX_ITEMS]:
+        images = [Image(decode_array(image["data"]), tuple(float(v) for v in image["clim"]))
+                  for image in ax.get("images", [])]
+        ticks = {side: [(float(pos), str(label)) for pos, label in ax.get(side, [])] for side in ("xticks", "yticks")}
+        axes.append(Axes(str(ax.get("title", "")), str(ax.get("xlabel", "")), str(ax.get("ylabel", "")),
+                         ticks["xticks"], ticks["yticks"], bool(ax.get("is_colorbar")), images))
+    return FigureSummary(str(spec.get("title", "")), axes)

@@ -14,19 +14,13 @@ no verdict; everything it says is treated as the student's return value.
 Student code shares this process, so it can tamper with anything here; the
 grader relies only on the values it gets back, and on its own static scan.
 """
-import math
 import os
 import signal
-import sys
-
-import numpy as np
 
 try:  # run as a script inside the sandbox, or imported as part of autograder
-    from protocol import (MAX_ARRAY_ELEMENTS, MAX_ITEMS, MAX_TEXT, WIRE_DTYPES, decode_array, dumps, encode_array,
-                          loads)
+    from protocol import _short, allocation, decode_array, describe, dumps, loads
 except ImportError:  # pragma: no cover - the import path depends on how we are run
-    from .protocol import (MAX_ARRAY_ELEMENTS, MAX_ITEMS, MAX_TEXT, WIRE_DTYPES, decode_array, dumps, encode_array,
-                           loads)
+    from .protocol import _short, allocation, decode_array, describe, dumps, loads
 
 # Ready-made attention a student may not call. Python-level entry points are
 # wrapped with a tripwire; dispatcher-level ops are seen by the op recorder.
@@ -37,96 +31,6 @@ FUSED_ENTRY_POINTS = [
 ]
 FUSED_OP_MARKERS = ("scaled_dot_product", "_safe_softmax", "multi_head_attention", "flash_attention",
                     "efficient_attention", "_native_multi_head")
-
-
-def _short(text):
-    text = str(text)
-    return text if len(text) <= MAX_TEXT else text[:MAX_TEXT] + " ..."
-
-
-def describe(value, depth=0):
-    """A JSON-able description of whatever a student's function returned."""
-    import torch
-
-    try:
-        if isinstance(value, torch.Tensor):
-            return _describe_tensor(value)
-        if _is_figure(value):
-            return _describe_figure(value)
-        if value is None or type(value) in (bool, int, str):
-            return {"kind": "scalar", "value": value if type(value) is not str else _short(value)}
-        if type(value) is float:
-            return {"kind": "scalar", "value": value if math.isfinite(value) else repr(value), "float": True}
-        if isinstance(value, (np.floating, np.integer, np.bool_)):
-            return describe(value.item(), depth)
-        if type(value) in (tuple, list) and depth < 4:
-            return {"kind": "sequence", "type": type(value).__name__, "length": len(value),
-                    "items": [describe(v, depth + 1) for v in value[:MAX_ITEMS]]}
-        if type(value) is dict and depth < 4:
-            items = list(value.items())[:MAX_ITEMS]
-            return {"kind": "mapping", "items": {_short(k): describe(v, depth + 1) for k, v in items}}
-        return {"kind": "object", "type": _short(type(value).__qualname__), "repr": _short(repr(value))}
-    except Exception as err:  # noqa: BLE001 - a value that cannot be described is still an answer
-        return {"kind": "object", "type": "unreadable", "repr": _short(f"{type(err).__name__}: {err}")}
-
-
-def _describe_tensor(tensor):
-    import torch
-
-    dtype = str(tensor.dtype).replace("torch.", "")
-    meta = {"device": str(tensor.device), "requires_grad": bool(tensor.requires_grad),
-            "has_grad_fn": tensor.grad_fn is not None}
-    if dtype not in WIRE_DTYPES:
-        return {"kind": "object", "type": f"Tensor[{dtype}]", "repr": _short(f"tensor of dtype {dtype}")}
-    if tensor.device.type == "meta":
-        return {"kind": "tensor", "dtype": dtype, "shape": list(tensor.shape), "data": None, **meta}
-    if tensor.numel() > MAX_ARRAY_ELEMENTS:  # its shape is the answer the grader needs; its values are not sent
-        return {"kind": "tensor", "dtype": dtype, "shape": list(tensor.shape), "data": None, "oversized": True, **meta}
-    data = tensor.detach().to("cpu")
-    if dtype == "bfloat16":
-        data = data.to(torch.float32)
-    return encode_array(data.numpy(), dtype, **meta)
-
-
-def _is_figure(value):
-    figure_module = sys.modules.get("matplotlib.figure")  # never import matplotlib just to ask
-    return figure_module is not None and isinstance(value, figure_module.Figure)
-
-
-def _describe_figure(figure):
-    """What a figure shows, as data: per axes its title, axis labels, ticks and heatmap images.
-
-    The figure is drawn first (tick labels are only final after a draw) and then closed.
-    """
-    import matplotlib.pyplot as plt
-    from matplotlib.collections import QuadMesh
-
-    try:
-        figure.canvas.draw()
-        axes = []
-        for ax in figure.axes[:MAX_ITEMS]:
-            images = [m for m in list(ax.images) + [c for c in ax.collections if isinstance(c, QuadMesh)]
-                      if m.get_array() is not None][:MAX_ITEMS]
-            axes.append({
-                "title": _short(ax.get_title()), "xlabel": _short(ax.get_xlabel()), "ylabel": _short(ax.get_ylabel()),
-                "xticks": _ticks(ax.xaxis), "yticks": _ticks(ax.yaxis),
-                "is_colorbar": getattr(ax, "_colorbar", None) is not None,
-                "images": [{"data": encode_array(np.ma.filled(np.ma.asarray(m.get_array(), dtype=np.float64), np.nan),
-                                                 "float64"),
-                            "clim": [float(v) for v in m.get_clim()]} for m in images],
-            })
-        return {"kind": "figure", "title": _short(figure.get_suptitle()), "axes": axes}
-    finally:
-        plt.close(figure)
-
-
-def _ticks(axis):
-    """[(position, label)] of the major ticks inside the axis' view, in data coordinates."""
-    low, high = sorted(axis.get_view_interval())
-    locations = axis.get_majorticklocs()
-    labels = [label.get_text() for label in axis.get_majorticklabels()]
-    return [[float(loc), _short(text)] for loc, text in zip(locations, labels)
-            if low - 1e-9 <= loc <= high + 1e-9][:MAX_ITEMS * 4]
 
 
 def _make_tensor(spec, requires_grad_ok=True):
@@ -145,20 +49,20 @@ def _make_tensor(spec, requires_grad_ok=True):
     return tensor
 
 
-def _make_value(spec, handles=None, namespace=None):
+def _make_value(spec, handles=None):
     if isinstance(spec, dict) and spec.get("kind") == "tensor":
         return _make_tensor(spec)
-    if isinstance(spec, dict) and spec.get("kind") == "name":  # a module-level value of the student's notebook
-        if namespace is None or spec.get("name") not in namespace:
-            raise ValueError(f"{spec.get('name')!r} is not defined in your notebook")
-        return namespace[spec["name"]]
     if isinstance(spec, dict) and spec.get("kind") == "handle":  # an object an earlier call made here
         if handles is None or spec.get("id") not in handles:
             raise ValueError(f"no object {spec.get('id')!r} lives in this worker")
         return handles[spec["id"]]
     if isinstance(spec, dict) and spec.get("kind") == "sequence":
-        items = [_make_value(s, handles, namespace) for s in spec["items"]]
+        items = [_make_value(s, handles) for s in spec["items"]]
         return tuple(items) if spec.get("type") == "tuple" else items
+    if isinstance(spec, dict) and spec.get("kind") == "mapping" and isinstance(spec.get("items"), dict):
+        return {str(k): _make_value(v, handles) for k, v in spec["items"].items()}
+    if isinstance(spec, dict) and spec.get("kind") == "allocator":
+        return _allocator(spec)
     if isinstance(spec, dict) and spec.get("kind") == "generator" and type(spec.get("seed")) is int:
         import torch
 
@@ -167,6 +71,17 @@ def _make_value(spec, handles=None, namespace=None):
         value = spec["value"]
         return float(value) if spec.get("float") else value
     raise ValueError(f"cannot build an argument from {spec!r}")
+
+
+def _allocator(spec):
+    """The function an allocator argument stands for (protocol.encode_allocator)."""
+    import torch
+
+    def implementation(Q, K, V):
+        scratch = torch.zeros(allocation(spec, Q.shape[-2]))  # noqa: F841 - its size is the point
+        return Q
+
+    return implementation
 
 
 def _storage(leaf):
@@ -263,6 +178,14 @@ class Session:
         self.run_cell = run_cell
         self.handles = {}  # id -> an object a call made and the grader asked to keep (keep=True)
 
+    def handle(self, request):
+        """The reply to one request of the grader: the one dispatcher (this worker's loop, and the
+        in-process student of an instructor's kernel, both answer through it)."""
+        handlers = {"load": self.load, "call": self.call, "method": self.method, "value": self.value,
+                    "ping": lambda _: {"ok": True}}
+        handler = handlers.get(request.get("op"))
+        return handler(request) if handler else {"error": f"unknown op {request.get('op')!r}"}
+
     def load(self, request):
         errors = []
         for index, source in enumerate(request.get("cells", [])):
@@ -307,8 +230,8 @@ class Session:
     def _invoke(self, function, request, held=()):
         import torch
 
-        args = [_make_value(spec, self.handles, self.namespace) for spec in request.get("args", [])]
-        kwargs = {key: _make_value(spec, self.handles, self.namespace) for key, spec in request.get("kwargs", {}).items()}
+        args = [_make_value(spec, self.handles) for spec in request.get("args", [])]
+        kwargs = {key: _make_value(spec, self.handles) for key, spec in request.get("kwargs", {}).items()}
         inputs = [a for a in list(args) + list(kwargs.values()) if isinstance(a, torch.Tensor)]
         snapshots = [t.detach().clone() if t.device.type != "meta" else None for t in inputs]
         reply = {}
@@ -397,20 +320,7 @@ def main():
 
     for line in proto_in:
         try:
-            request = loads(line)
-            op = request.get("op")
-            if op == "load":
-                reply = session.load(request)
-            elif op == "call":
-                reply = session.call(request)
-            elif op == "method":
-                reply = session.method(request)
-            elif op == "value":
-                reply = session.value(request)
-            elif op == "ping":
-                reply = {"ok": True}
-            else:
-                reply = {"error": f"unknown op {op!r}"}
+            reply = session.handle(loads(line))
         except BaseException as err:  # noqa: BLE001 - keep serving; the grader decides
             reply = {"error": _short(f"{type(err).__name__}: {err}")}
         proto_out.write(dumps(reply))
