@@ -44,13 +44,18 @@ class Handle:
 @dataclass(frozen=True)
 class Allocates:
     """An argument that is a function the worker makes: f(Q, K, V) creates one tensor of
-    round(coefficient * L ** exponent) + offset numbers and returns Q (protocol.encode_allocator)."""
+    round(coefficient * L ** exponent) (times d when per_feature) + offset numbers and returns Q
+    (protocol.encode_allocator)."""
     coefficient: float
     exponent: float
     offset: int = 0
+    per_feature: bool = False
 
-    def numbers(self, length):
-        return protocol.allocation(protocol.encode_allocator(self.coefficient, self.exponent, self.offset), length)
+    def spec(self):
+        return protocol.encode_allocator(self.coefficient, self.exponent, self.offset, self.per_feature)
+
+    def numbers(self, length, features):
+        return protocol.allocation(self.spec(), length, features)
 
 
 @dataclass
@@ -77,7 +82,7 @@ def encode_argument(value, requires_grad=False, device="cpu"):
     if isinstance(value, torch.Generator):  # only its seed travels: checks pass freshly seeded generators
         return protocol.encode_generator(value.initial_seed())
     if isinstance(value, Allocates):
-        return protocol.encode_allocator(value.coefficient, value.exponent, value.offset)
+        return value.spec()
     if type(value) is dict:
         return {"kind": "mapping", "items": {str(k): encode_argument(v, device=device) for k, v in value.items()}}
     return describe(value)

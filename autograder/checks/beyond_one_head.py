@@ -634,6 +634,7 @@ LAB_D_K = 16
 LAB_IMPLEMENTATIONS = {
     "grows as 3 L^1.5": Allocates(3.0, 1.5),
     "linear, 5 L + 7": Allocates(5.0, 1.0, 7),
+    "L d (one [L, d_k] copy)": Allocates(1.0, 1.0, per_feature=True),  # a profiler that ignores d_k misses it
     "a constant 250": Allocates(0.0, 0.0, 250),
 }
 
@@ -643,7 +644,8 @@ LAB_IMPLEMENTATIONS = {
 def profile_table_and_memory_column(student):
     """one row per implementation and length, in order; the memory column is what each call allocated"""
     names = ", ".join(f"{name!r}: f(Q, K, V) making {rule}" for name, rule in (
-        ("grows as 3 L^1.5", "round(3 L^1.5) numbers"), ("linear, 5 L + 7", "5 L + 7"), ("a constant 250", "250")))
+        ("grows as 3 L^1.5", "round(3 L^1.5) numbers"), ("linear, 5 L + 7", "5 L + 7"),
+        ("L d (one [L, d_k] copy)", "L * d_k"), ("a constant 250", "250")))
     call_text = f"profile_attention({{{names}}}, seq_lens={LAB_SEQ_LENS}, d_k={LAB_D_K}, repeats=1)"
     outcome = student.call("profile_attention", LAB_IMPLEMENTATIONS, LAB_SEQ_LENS, d_k=LAB_D_K, repeats=1,
                            timeout=course_config.EXPERIMENT_CALL_TIMEOUT_S)
@@ -661,7 +663,7 @@ def profile_table_and_memory_column(student):
         if not isinstance(seconds, float) or not seconds > 0 or not math.isfinite(seconds) or type(peak) is not int:
             raise CheckFailed(f"{call_text}\n  row {row}: seconds must be a positive float (a Python float, not a "
                               f"tensor) and peak_elements an int")
-        made = LAB_IMPLEMENTATIONS[row["name"]].numbers(row["seq_len"])
+        made = LAB_IMPLEMENTATIONS[row["name"]].numbers(row["seq_len"], LAB_D_K)
         if peak != made:
             raise CheckFailed(f"{call_text}\n  row {row}: one call of {row['name']!r} at L = {row['seq_len']} "
                               f"creates a tensor of {made:,} numbers, and the table says {peak:,}: measure each "

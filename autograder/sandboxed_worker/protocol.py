@@ -70,17 +70,19 @@ def encode_handle(handle_id):
     return {"kind": "handle", "id": int(handle_id)}
 
 
-def encode_allocator(coefficient, exponent, offset=0):
+def encode_allocator(coefficient, exponent, offset=0, per_feature=False):
     """A function for a student's profiler to measure, made in the worker: called as f(Q, K, V) it creates
-    one tensor of `allocation(spec, L)` numbers (L = Q.shape[-2]) and returns Q. The grader knows what it
-    allocates; the student's code does not until it measures it."""
+    one tensor of `allocation(spec, L, d)` numbers (Q is [..., L, d]) and returns Q. The grader knows what
+    it allocates; the student's code does not until it measures it."""
     return {"kind": "allocator", "coefficient": float(coefficient), "exponent": float(exponent),
-            "offset": int(offset)}
+            "offset": int(offset), "per_feature": bool(per_feature)}
 
 
-def allocation(spec, length):
-    """The numbers an allocator function (encode_allocator) creates for a sequence of `length`."""
-    return int(round(float(spec["coefficient"]) * length ** float(spec["exponent"]))) + int(spec["offset"])
+def allocation(spec, length, features):
+    """The numbers an allocator function (encode_allocator) creates for Q of [..., length, features]:
+    round(coefficient * length ** exponent), times `features` when per_feature, plus offset."""
+    numbers = int(round(float(spec["coefficient"]) * length ** float(spec["exponent"])))
+    return numbers * (int(features) if spec.get("per_feature") else 1) + int(spec["offset"])
 
 
 def encode_array(array, dtype_name, **meta):

@@ -78,7 +78,7 @@ def _allocator(spec):
     import torch
 
     def implementation(Q, K, V):
-        scratch = torch.zeros(allocation(spec, Q.shape[-2]))  # noqa: F841 - its size is the point
+        scratch = torch.zeros(allocation(spec, Q.shape[-2], Q.shape[-1]))  # noqa: F841 - its size is the point
         return Q
 
     return implementation
