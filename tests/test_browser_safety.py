@@ -1,4 +1,4 @@
-"""Nothing a student writes runs in anyone's browser (DESIGN section 5; the "script in formgrader" attack).
+"""Nothing a student writes runs in anyone's browser (the "script in formgrader" attack).
 
 A student's code cell displays HTML, JavaScript, SVG, Markdown and a forged PNG, and their
 written answers in Notebook 3 hold <script>, <img onerror> and a javascript: link. Each

@@ -10,7 +10,7 @@ from autograder.checks import run_check
 from autograder.checks.expectations import shape_mentioned
 from autograder.student import InProcessStudent, SandboxedStudent
 from tests.grading import decidable_points, gpu_checks, grade_checks
-from tests.students import NB1, ROOT, reference_answers, source_notebook, student_notebook
+from tests.students import NB1, NB4, ROOT, reference_answers, source_notebook, student_notebook
 
 
 
@@ -201,14 +201,15 @@ def error_messages(draw):
 @settings(max_examples=300, deadline=None, derandomize=True, database=None)
 @given(error_messages())
 def test_the_notebooks_shape_rule_is_the_graders(case):
-    """Notebook 1's public tests and the hidden checks accept the same spellings of a shape in a
-    ValueError (issue 19: the notebook's mentions() differed on 1-tuples and whitespace)."""
+    """The public tests of Notebooks 1 and 4 and the hidden checks accept the same spellings of a shape in
+    a ValueError (issue 19: Notebook 1's mentions() differed on 1-tuples and whitespace)."""
     message, shape = case
-    assert notebook_mentions()(message, shape) == shape_mentioned(message, shape), (message, shape)
+    for name in (NB1, NB4):
+        assert notebook_mentions(name)(message, shape) == shape_mentioned(message, shape), (name, message, shape)
 
 
-def notebook_mentions():
-    cell = next(c for c in source_notebook(NB1).cells if c.metadata.get("nbgrader", {}).get("grade_id") == "test_helpers")
+def notebook_mentions(name):
+    cell = next(c for c in source_notebook(name).cells if c.metadata.get("nbgrader", {}).get("grade_id") == "test_helpers")
     namespace = {"torch": torch, "FLOAT32_RTOL": 0, "FLOAT32_ATOL": 0, "get_ipython": None}
     exec(compile(cell.source, "test_helpers", "exec"), namespace)  # noqa: S102 - the course's own notebook
     return namespace["mentions"]

@@ -1,4 +1,4 @@
-"""Fairness: correct implementations written differently get full marks (DESIGN section 6).
+"""Fairness: correct implementations written differently get full marks.
 
 Graded through the same path as test_mutations.py: einsum instead of matmul, float64 inside and
 cast back, hand-written softmax variants, an additive version of the bool mask, Python loops.

@@ -1,4 +1,4 @@
-"""GPU-tagged cells and checks (DESIGN section 7).
+"""GPU-tagged cells and checks (README.md, "GPU-tagged cells").
 
 Without CUDA (CI): GPU checks are pending, never passed or failed, `make gpu-check` and
 `make autograde-gpu` say so and change nothing, the public GPU cell prints its skip message.

@@ -1,4 +1,4 @@
-"""Hostile and broken submissions, graded in one batch through `make autograde` (DESIGN section 5.3).
+"""Hostile and broken submissions, graded in one batch through `make autograde`.
 
 For every attack: the student gains nothing, no other student's grade moves,
 the batch finishes in bounded time, and nothing is left running. Each attack

@@ -1,4 +1,4 @@
-"""The instructor's solution (source notebook) against PyTorch's SDPA and every rule of DESIGN section 4.
+"""The instructor's solution (source notebook) against PyTorch's SDPA and every rule of the contract (README.md, "The assignment").
 
 The functions are taken from the source notebook's code cells, so what is
 tested is exactly what students are measured against.
