@@ -130,6 +130,14 @@ NOTEBOOK_PARSE_TIMEOUT_S = _policy("NOTEBOOK_PARSE_TIMEOUT_S", 120)
 # only when the name it starts with is an account of this group, and that account made the folder
 # (autograder/collect.py): a folder named after a classmate, or after no student at all, is refused.
 STUDENT_GROUP = _policy("STUDENT_GROUP", "attention-surgeon-students")
+# The gradebook: nbgrader's database. Empty: SQLite, gradebook.db in the course folder (one grading
+# host). A PostgreSQL server for anything concurrent (nbgrader's FAQ recommends it), as an SQLAlchemy
+# URL with the psycopg driver, e.g. postgresql+psycopg://grader@/attention_surgeon?host=/var/run/postgresql
+# (README.md, "A PostgreSQL gradebook").
+GRADEBOOK_URL = _policy("GRADEBOOK_URL", "")
+if GRADEBOOK_URL and not GRADEBOOK_URL.startswith(("sqlite:///", "postgresql+psycopg://")):
+    raise ValueError("ATTENTION_SURGEON_GRADEBOOK_URL: expected sqlite:///<path> or postgresql+psycopg://..., "
+                     f"not {GRADEBOOK_URL.split(':', 1)[0]}:...")
 # Submissions graded at once by `make autograde`.
 # (0: one per core.)
 GRADING_PARALLELISM = _policy("GRADING_PARALLELISM", 0) or max(1, os.cpu_count() or 1)
@@ -176,8 +184,8 @@ c.CourseDirectory.solution_directory = "solutions"
 c.CourseDirectory.submitted_directory = "submitted"
 c.CourseDirectory.autograded_directory = "autograded"
 c.CourseDirectory.feedback_directory = "feedback"
-# A long SQLite busy timeout: parallel autograde processes share the gradebook.
-c.CourseDirectory.db_url = f"sqlite:///{COURSE_ROOT / 'gradebook.db'}?timeout=300"
+# The gradebook (GRADEBOOK_URL). With SQLite, a long busy timeout: parallel autograde processes share it.
+c.CourseDirectory.db_url = GRADEBOOK_URL or f"sqlite:///{COURSE_ROOT / 'gradebook.db'}?timeout=300"
 # Collection is the course's own (autograder/collect.py): no link followed, no special file copied, no
 # folder taken in another account's name. `nbgrader collect` and formgrader's Collect button use it.
 c.ExchangeFactory.collect = "autograder.collect.SafeExchangeCollect"
