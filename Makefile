@@ -13,8 +13,13 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 export PYTHONPATH := $(CURDIR)
 export MPLBACKEND := Agg
 NBGRADER := $(VENV)/bin/nbgrader
-ASSIGNMENT := attention_surgeon
 ASSIGNMENTS := attention_surgeon attention_surgeon_bonus
+# make autograde: STUDENT=alice[,bob] and/or ASSIGNMENT=<one of ASSIGNMENTS> grade just those; FORCE=1 grades
+# again what is unchanged since it was graded. make regrade CHECK=<check name>.
+STUDENT ?=
+ASSIGNMENT ?=
+FORCE ?=
+CHECK ?=
 # The torch build in .venv: TORCH=cpu (the default: PyTorch's CPU-only wheel, for a grader without a
 # GPU) or TORCH=cuda (PyPI's build, with several GB of NVIDIA libraries, for a CUDA host), e.g.
 # `rm -rf .venv && make venv TORCH=cuda`. requirements.lock pins the version either way.
@@ -23,7 +28,7 @@ TORCH_VERSION := 2.13.0
 TORCH_cpu := torch==$(TORCH_VERSION)+cpu --extra-index-url https://download.pytorch.org/whl/cpu
 TORCH_cuda := torch==$(TORCH_VERSION)
 
-.PHONY: help venv hub release validate collect autograde autograde-gpu feedback export test gpu-check lab clean-grading
+.PHONY: help venv hub release validate collect autograde regrade autograde-gpu feedback export test gpu-check lab clean-grading
 .DEFAULT_GOAL := help
 
 help: ## this list (plain `make` prints it too)
@@ -56,9 +61,14 @@ validate: venv ## student: public tests of NB=path/to/notebook.ipynb; fails when
 collect: venv ## grader: nbgrader collect for every assignment (links refused, names checked)
 	@for a in $(ASSIGNMENTS); do $(NBGRADER) collect $$a || exit $$?; done
 
-# Grader: every submission under submitted/<student>/$(ASSIGNMENT)/ -> gradebook, autograded/, feedback/, grades.csv
-autograde: venv ## grader: every submitted/<student>/attention_surgeon/ -> gradebook, feedback/, grades.csv
-	$(PY) -m autograder.grade_submissions
+# Grader: every submission under submitted/<student>/<assignment>/ -> gradebook, autograded/, feedback/, grades.csv
+# (a submission graded before, unchanged since, by the same checks, is not graded again unless FORCE=1).
+autograde: venv ## grader: submitted/ -> gradebook, feedback/, grades.csv (STUDENT=, ASSIGNMENT=, FORCE=1)
+	$(PY) -m autograder.grade_submissions --student "$(STUDENT)" --assignment "$(ASSIGNMENT)" $(if $(FORCE),--force)
+
+# Grader, after fixing a check: decide that one check again for every graded submission (no notebook runs).
+regrade: venv ## grader: CHECK=<name> decided again for every graded submission; nothing else changes
+	$(PY) -m autograder.regrade "$(CHECK)"
 
 # Grader on a CUDA host: decide the GPU checks an earlier autograde left pending (nothing else).
 autograde-gpu: venv ## grader on a CUDA host: decide the GPU checks left pending

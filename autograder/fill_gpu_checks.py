@@ -9,25 +9,16 @@ grades.csv. Every other grade, and every manual grade,
 is left as it is.
 """
 import logging
-import os
-import stat
 import sys
 
-import nbformat
 import torch
-from nbgrader.api import Gradebook
 
 import course_config
 
 from .checks import REGISTRY
-from .nbgrader_cli import run_nbgrader
-from .feedback import generate_feedback
-from .pipeline import (decide_checks, graded_answers, hidden_check_name, student_code, student_written_code,
-                       verdict_outputs)
+from .pipeline import hidden_check_name
 from .preflight import refuse_unless_sandbox_works
-
-
-log = logging.getLogger(__name__)
+from .redecide import redecide
 
 
 def pending_gpu_cells(nb, grades):
@@ -50,32 +41,7 @@ def main():
     refused = refuse_unless_sandbox_works()
     if refused:
         return refused
-    filled = 0
-    autograded = course_config.COURSE_ROOT / "autograded"
-    with Gradebook(course_config.c.CourseDirectory.db_url) as gradebook:
-        for path in sorted(p for a in course_config.ASSIGNMENTS for p in autograded.glob(f"*/{a}/*.ipynb")):
-            student, assignment, notebook = path.parent.parent.name, path.parent.name, path.stem
-            grades = {g.name: g for g in gradebook.find_submission_notebook(notebook, assignment, student).grades}
-            nb = nbformat.read(path, as_version=4)
-            pending = pending_gpu_cells(nb, grades)
-            if not pending:
-                continue
-            verdicts = decide_checks(student_code(nb), student_written_code(nb), graded_answers(nb),
-                                     [n for _, n, _ in pending], True, log)
-            for cell, name, grade in pending:
-                verdict = verdicts[name]
-                if verdict.status == "pending":
-                    continue
-                cell.outputs = verdict_outputs(name, verdict)
-                grade.auto_score = grade.max_score if verdict.status == "passed" else 0.0
-                grade.needs_manual_grade = False
-                filled += 1
-            gradebook.db.commit()
-            os.chmod(path, stat.S_IRUSR | stat.S_IWUSR | stat.S_IRGRP | stat.S_IROTH)
-            nbformat.write(nb, path)
-            os.chmod(path, stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)  # nbgrader leaves it read-only
-    generate_feedback(list(course_config.ASSIGNMENTS), quiet=False)  # the grading notes are written back too
-    run_nbgrader("export", "--to=grades.csv")
+    filled, _ = redecide(pending_gpu_cells, cuda_available=True)
     print(f"filled in {filled} pending GPU check(s)")
     return 0
 

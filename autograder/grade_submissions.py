@@ -18,6 +18,8 @@ Both assignments are graded: the main one and the bonus (Notebook 4), each submi
 Safe to re-run: each student is regraded from a fresh copy (--force).
 One submission that crashes, hangs or is not even JSON never stops the batch.
 """
+import argparse
+import hashlib
 import json
 import logging
 import os
@@ -26,17 +28,17 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import nbformat
 from nbgrader.utils import is_grade, is_locked, is_solution, is_task
 
 import course_config
 
-from .feedback import FLAGS, generate_feedback, save_reports
+from .feedback import FLAGS, generate_feedback, load_reports, save_reports
 from .nbgrader_cli import nbgrader_env, run_nbgrader
 from . import time_budget
 from .preflight import refuse_unless_sandbox_works
@@ -55,6 +57,8 @@ class SubmissionReport:
     seconds: float = 0.0
     ok: bool = True
     problems: list = field(default_factory=list)  # shown to the student in their feedback
+    staged: str = ""  # digest of what was staged for grading
+    checks: str = ""  # digest of the grader (autograder/, source/, course_config.py) that graded it
 
     @property
     def key(self):
@@ -376,9 +380,10 @@ def _lines(process, deadline):
             yield line
 
 
-def run_shard(students, log_name):
+def run_shard(students, log_name, progress=None):
     """Grade `students` in child processes, each student within SUBMISSION_TIMEOUT_S (+ grace) of wall
-    clock. A student past it is stopped, and the shard goes on with the others in a fresh process."""
+    clock. A student past it is stopped, and the shard goes on with the others in a fresh process.
+    `progress.finished` hears of each submission as it ends."""
     result = ShardResult()
     hard_limit = course_config.SUBMISSION_TIMEOUT_S + course_config.SUBMISSION_GRACE_S
     queue = list(students)
@@ -401,9 +406,13 @@ def run_shard(students, log_name):
                 elif "student" in record:
                     result.done[record["student"]] = (bool(record["ok"]), float(record["seconds"]))
                     current["student"] = None
+                    if progress:
+                        progress.finished(record["student"], bool(record["ok"]), float(record["seconds"]))
         except TimeoutError:
             if current["student"] is not None:
                 result.stopped[current["student"]] = time.monotonic() - current["since"]
+                if progress:
+                    progress.finished(current["student"], False, result.stopped[current["student"]])
         finally:
             _stop(process)
             log.close()
@@ -432,26 +441,104 @@ def _stop(process):
     process.stdout.close()
 
 
-def autograde_all(submissions):
+def folder_digest(*paths, root=ROOT):
+    """sha256 of every file under `paths` (names relative to `root`, and contents), caches left out."""
+    digest = hashlib.sha256()
+    files = sorted(f for p in paths for f in ([p] if p.is_file() else p.rglob("*"))
+                   if f.is_file() and "__pycache__" not in f.parts and ".hypothesis" not in f.parts)
+    for path in files:
+        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def grader_digest():
+    """What decides a grade besides the submission: the checks, the pipeline and the source notebooks."""
+    return folder_digest(ROOT / "autograder", ROOT / "source", ROOT / "course_config.py")
+
+
+def already_graded(report, previous):
+    """The earlier report of this very submission, graded by this very grader, finished, with its
+    autograded notebooks still there: grading it again would change nothing."""
+    before = previous.get(report.key)
+    return (before is not None and before.get("ok") and before.get("staged") == report.staged
+            and before.get("checks") == report.checks
+            and (ROOT / "autograded" / report.student / report.assignment).is_dir())
+
+
+class Progress:
+    """One plain line per finished submission (no terminal control codes, so a log reads the same):
+    done of total, how many did not finish and how many were flagged so far, and the time left at
+    the pace so far."""
+
+    def __init__(self, total):
+        self.total, self.done, self.unfinished = total, 0, 0
+        self.started = time.monotonic()
+        self.lock = threading.Lock()
+
+    def finished(self, key, ok, seconds):
+        with self.lock:
+            self.done += 1
+            self.unfinished += not ok
+            elapsed = time.monotonic() - self.started
+            left = elapsed / self.done * (self.total - self.done)
+            flagged = len(list(FLAGS.glob("*.txt"))) if FLAGS.is_dir() else 0  # students with a flag
+            assignment, student = parse_key(key)
+            print(f"  [{self.done}/{self.total}] {one_line(student, 40)} {assignment} "
+                  f"{'ok' if ok else 'NOT FINISHED'} {seconds:.0f} s; so far {self.unfinished} not finished, "
+                  f"{flagged} student(s) flagged; about {left:.0f} s left", flush=True)
+
+
+def forget_flags(assignment, student):
+    """Remove what an earlier batch flagged in this submission's notebooks (.grading/flags/<student>.txt
+    holds one line per check, starting with its notebook); the student's other assignment keeps its own."""
+    path = FLAGS / f"{student}.txt"
+    if not path.exists():
+        return
+    notebooks = tuple(f"{nb.stem}: " for nb in release_notebooks(assignment))
+    kept = [line for line in path.read_text().splitlines() if not line.startswith(notebooks)]
+    if kept:
+        path.write_text("\n".join(kept) + "\n")
+    else:
+        path.unlink()
+
+
+def autograde_all(submissions, force=False):
     """Grade every submission [(assignment, student)], one shard per core. A submission whose shard died
     under it is regraded alone, once; one that used its whole time limit is not (a second try would only
     double it)."""
-    reports = {submission_key(a, s): stage(s, a) for a, s in submissions}
-    students = list(reports)  # the shards' names for the submissions
-    shutil.rmtree(FLAGS, ignore_errors=True)  # this batch's flags only
+    checks = grader_digest()
+    previous = {submission_key(r.get("assignment", ASSIGNMENT), r["student"]): r for r in load_reports()}
+    reports = {}
+    for assignment, student in submissions:
+        report = stage(student, assignment)
+        report.staged, report.checks = folder_digest(STAGING / "submitted" / student / assignment), checks
+        reports[report.key] = report
+    unchanged = [] if force else [key for key, report in reports.items() if already_graded(report, previous)]
+    for key in unchanged:  # what was graded before, with its notes
+        reports[key] = SubmissionReport(**{**previous[key], "staged": reports[key].staged})
+    students = [key for key in reports if key not in unchanged]  # the shards' names for the submissions
+    # Their earlier reports go before grading starts: a batch killed half-way through one leaves no
+    # report saying it was graded, so the next batch grades it again.
+    save_reports([r for key, r in previous.items() if key not in students])
+    for key in students:  # this batch's flags only: a skipped submission keeps its own
+        forget_flags(*parse_key(key))
     (STAGING / "logs").mkdir(parents=True, exist_ok=True)
     parallel = course_config.GRADING_PARALLELISM
     shards = [students[i::parallel] for i in range(parallel)]
     done, stopped = {}, {}
+    progress = Progress(len(students))
     with ThreadPoolExecutor(max_workers=parallel) as pool:
-        for result in pool.map(run_shard, [s for s in shards if s], [f"shard-{i}" for i in range(parallel)]):
+        for result in pool.map(run_shard, [s for s in shards if s], [f"shard-{i}" for i in range(parallel)],
+                               [progress] * parallel):
             done.update(result.done)
             stopped.update(result.stopped)
         crashed = [s for s in students if s not in done and s not in stopped]
-        for result in pool.map(run_shard, [[s] for s in crashed], [f"alone-{s}" for s in crashed]):
+        for result in pool.map(run_shard, [[s] for s in crashed], [f"alone-{s}" for s in crashed],
+                               [progress] * len(crashed)):
             done.update(result.done)
             stopped.update(result.stopped)
-    for student, report in reports.items():  # student: the submission's key
+    for student in students:  # student: the submission's key
+        report = reports[student]
         ok, seconds = done.get(student, (False, stopped.get(student, 0.0)))
         report.ok, report.seconds = ok, seconds
         if student in stopped:
@@ -463,7 +550,7 @@ def autograde_all(submissions):
             report.problems.append("grading crashed twice on this submission; a TA will look at it.")
         elif not ok:
             report.problems.append("the autograder could not finish grading this submission; a TA will look at it.")
-    return [reports[s] for s in students]
+    return list(reports.values()), unchanged
 
 
 def students(assignment=ASSIGNMENT):
@@ -498,15 +585,29 @@ def submissions():
     return [(assignment, student) for assignment in course_config.ASSIGNMENTS for student in students(assignment)]
 
 
-def main():
+def arguments(argv):
+    parser = argparse.ArgumentParser(prog="make autograde", description="Grade the submissions under submitted/.")
+    parser.add_argument("--student", default="", help="only these students (comma-separated ids)")
+    parser.add_argument("--assignment", default="", help="only this assignment")
+    parser.add_argument("--force", action="store_true", help="grade again what was graded, unchanged, before")
+    return parser.parse_args(argv)
+
+
+def main(argv=()):
+    args = arguments(list(argv))
     started = time.monotonic()
     for folder, why in ungradable_submissions():
         print(f"  NOT GRADED: {one_line(folder)} {why}")
-    everyone = submissions()
+    if args.assignment and args.assignment not in course_config.ASSIGNMENTS:
+        print(f"no assignment {one_line(args.assignment)!r}: the course has {', '.join(course_config.ASSIGNMENTS)}")
+        return 2
+    wanted = {s for s in args.student.split(",") if s}
+    everyone = [(a, s) for a, s in submissions() if (not wanted or s in wanted)
+                and (not args.assignment or a == args.assignment)]
     if not everyone:
         print(f"nothing to grade: no submitted/<student>/<assignment>/ folders for "
-              f"{', '.join(course_config.ASSIGNMENTS)}")
-        return 0
+              f"{', '.join(course_config.ASSIGNMENTS)}" + (f" of {one_line(args.student)}" if wanted else ""))
+        return 0 if not wanted else 2
     assignments = sorted({assignment for assignment, _ in everyone}, key=course_config.ASSIGNMENTS.index)
     swept = sweep_leftovers()
     if swept:
@@ -522,22 +623,28 @@ def main():
         refused = sandbox_works.result()
     if refused:
         return refused
-    reports = autograde_all(everyone)
-    save_reports([asdict(r) for r in reports])
+    reports, unchanged = autograde_all(everyone, force=args.force)
+    graded = {r.key for r in reports}
+    save_reports([r for r in load_reports()  # earlier reports of submissions not in this batch stay
+                  if submission_key(r.get("assignment", ASSIGNMENT), r["student"]) not in graded]
+                 + [asdict(r) for r in reports])
     generate_feedback(assignments)
     run_nbgrader("export", "--to=grades.csv", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     elapsed = time.monotonic() - started
     # One line per submission: a student id, a file name or a note a student's code chose is shown inert
     # (control characters written out), so none can forge a line or reach the terminal as a command.
     for r in reports:
-        status = "ok" if r.ok else "NOT FINISHED"
+        status = "unchanged" if r.key in unchanged else "ok" if r.ok else "NOT FINISHED"
         notes = one_line(" ".join(r.problems), limit=2000)
         print(f"  {one_line(r.student, 60):24s} {r.assignment:24s} {status:12s} {r.seconds:6.1f} s  {notes}")
     for flags in sorted(FLAGS.glob("*.txt")) if FLAGS.is_dir() else []:
         for line in flags.read_text().splitlines():
             print(f"  FLAGGED for a TA: {one_line(flags.stem, 60)}: {one_line(line, 1000)}")
-    print(f"graded {len(reports)} submission(s) in {elapsed:.1f} s with {course_config.GRADING_PARALLELISM} "
-          f"at a time; grades.csv and feedback/ are written")
+    if unchanged:
+        print(f"  {len(unchanged)} submission(s) unchanged since they were graded by this same grader: not graded "
+              f"again (FORCE=1 grades them again)")
+    print(f"graded {len(reports) - len(unchanged)} submission(s) in {elapsed:.1f} s with "
+          f"{course_config.GRADING_PARALLELISM} at a time; grades.csv and feedback/ are written")
     return 0
 
 
@@ -546,4 +653,4 @@ if __name__ == "__main__":
     if sys.argv[1:2] == ["--shard"]:
         grade_shard(sys.argv[2:])
     else:
-        sys.exit(main())
+        sys.exit(main(sys.argv[1:]))

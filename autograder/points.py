@@ -159,6 +159,14 @@ def readme_table(root, checks):
                     f"| {number(total)} |")
     for assignment, total in totals.items():
         rows.append(f"| `{assignment}` | **in all** | | | | **{number(total)}** |")
+    rows.append("")
+    for name in source_notebooks(root):  # what each part is worth: the checks' points by what they grade
+        split = {}
+        for c in checks.values():
+            if c.notebook == name:
+                split[" / ".join(f"`{g}`" for g in c.grades)] = split.get(" / ".join(f"`{g}`" for g in c.grades), 0) + c.points
+        rows.append(f"- `{name}`, hidden checks by what they grade: "
+                    + ", ".join(f"{what} {number(points)}" for what, points in split.items()) + ".")
     return "\n".join(rows)
 
 

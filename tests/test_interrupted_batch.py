@@ -69,7 +69,7 @@ def test_a_killed_batch_leaves_nothing_after_the_next_run(course, scratch):
     assert leftovers(scratch, clean_pids) == [], "a batch that ends cleanly removes every cgroup and folder it made"
     expected, submitted = read_grades(course), tree_digest(course / "submitted")
 
-    batch = subprocess.Popen(["make", "-o", ".venv/.installed", "autograde"], cwd=course, env=env,
+    batch = subprocess.Popen(["make", "-o", ".venv/.installed", "autograde", "FORCE=1"], cwd=course, env=env,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     seen_pids, deadline = set(), time.monotonic() + 120
     while not list(scratch.glob(f"{IPC_PREFIX}*")) and time.monotonic() < deadline:
