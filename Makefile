@@ -16,10 +16,8 @@ NBGRADER := $(VENV)/bin/nbgrader
 ASSIGNMENTS := attention_surgeon attention_surgeon_bonus
 # make autograde: STUDENT=alice[,bob] and/or ASSIGNMENT=<one of ASSIGNMENTS> grade just those; FORCE=1 grades
 # again what is unchanged since it was graded. make regrade CHECK=<check name>.
-STUDENT ?=
-ASSIGNMENT ?=
-FORCE ?=
-CHECK ?=
+# They count only on make's command line: a shell variable of the same name is ignored.
+$(foreach v,STUDENT ASSIGNMENT FORCE CHECK,$(if $(filter environment%,$(origin $(v))),$(eval $(v) :=)))
 # The torch build in .venv: TORCH=cpu (the default: PyTorch's CPU-only wheel, for a grader without a
 # GPU) or TORCH=cuda (PyPI's build, with several GB of NVIDIA libraries, for a CUDA host), e.g.
 # `rm -rf .venv && make venv TORCH=cuda`. requirements.lock pins the version either way.
@@ -64,7 +62,7 @@ collect: venv ## grader: nbgrader collect for every assignment (links refused, n
 # Grader: every submission under submitted/<student>/<assignment>/ -> gradebook, autograded/, feedback/, grades.csv
 # (a submission graded before, unchanged since, by the same checks, is not graded again unless FORCE=1).
 autograde: venv ## grader: submitted/ -> gradebook, feedback/, grades.csv (STUDENT=, ASSIGNMENT=, FORCE=1)
-	$(PY) -m autograder.grade_submissions --student "$(STUDENT)" --assignment "$(ASSIGNMENT)" $(if $(FORCE),--force)
+	$(PY) -m autograder.grade_submissions --student "$(STUDENT)" --assignment "$(ASSIGNMENT)" $(if $(filter 1 yes true,$(FORCE)),--force)
 
 # Grader, after fixing a check: decide that one check again for every graded submission (no notebook runs).
 regrade: venv ## grader: CHECK=<name> decided again for every graded submission; nothing else changes

@@ -186,6 +186,8 @@ c.CourseDirectory.autograded_directory = "autograded"
 c.CourseDirectory.feedback_directory = "feedback"
 # The gradebook (GRADEBOOK_URL). With SQLite, a long busy timeout: parallel autograde processes share it.
 c.CourseDirectory.db_url = GRADEBOOK_URL or f"sqlite:///{COURSE_ROOT / 'gradebook.db'}?timeout=300"
+if GRADEBOOK_URL.startswith("sqlite:///") and "timeout=" not in GRADEBOOK_URL:
+    c.CourseDirectory.db_url += ("&" if "?" in GRADEBOOK_URL else "?") + "timeout=300"
 # Collection is the course's own (autograder/collect.py): no link followed, no special file copied, no
 # folder taken in another account's name. `nbgrader collect` and formgrader's Collect button use it.
 c.ExchangeFactory.collect = "autograder.collect.SafeExchangeCollect"

@@ -7,6 +7,7 @@ notes in .grading/report.json; every feedback run writes them back.
 """
 import json
 import logging
+import os
 import subprocess
 import sys
 from html import escape
@@ -52,7 +53,9 @@ class GetGradesAndPending(GetGrades):
 def save_reports(reports):
     """[{student, problems, ...}] of the last `make autograde`, for every later feedback run."""
     REPORTS.parent.mkdir(parents=True, exist_ok=True)
-    REPORTS.write_text(json.dumps(reports, indent=1))
+    partial = REPORTS.with_suffix(".partial")
+    partial.write_text(json.dumps(reports, indent=1))
+    os.replace(partial, REPORTS)  # whole or not at all: a batch killed while writing leaves the old file
 
 
 def load_reports():

@@ -15,7 +15,8 @@
 
 Both assignments are graded: the main one and the bonus (Notebook 4), each submission on its own
 (a submission is one student's folder of one assignment), each into its own rows of grades.csv.
-Safe to re-run: each student is regraded from a fresh copy (--force).
+Safe to re-run: a submission graded before, unchanged since, by the same grader (`grader_digest`) is
+not graded again (--force grades it again); every other one is graded from a fresh copy.
 One submission that crashes, hangs or is not even JSON never stops the batch.
 """
 import argparse
@@ -339,12 +340,18 @@ def grade_shard(keys):
     clock. Writes one JSON line when a submission starts and one with the result when it is done."""
     from nbgrader.apps import NbGraderAPI
 
+    # The batch hears from this process on a private copy of stdout (not inherited: os.dup makes it
+    # close-on-exec); fd 1 itself goes to the shard's log, so a student's kernel, which inherits it,
+    # writes there and can never forge a line of this channel.
+    channel = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)
+    sys.stdout = os.fdopen(1, "w", buffering=1, closefd=False)
     config = course_config.c.copy()
     config.CourseDirectory.submitted_directory = str(STAGING / "submitted")
     api = NbGraderAPI(config=config)
     for key in keys:
         assignment, student = parse_key(key)
-        print(json.dumps({"started": key}), flush=True)
+        print(json.dumps({"started": key}), file=channel, flush=True)
         time_budget.start_submission()
         started = time.monotonic()
         result = api.autograde(assignment, student, force=True, create=True)
@@ -353,7 +360,7 @@ def grade_shard(keys):
         text = (result.get("log") or "") + "\n" + (result.get("error") or "")
         log.write_text("\n".join(one_line(line, 20_000) for line in text.splitlines()) + "\n")  # names inert
         print(json.dumps({"student": key, "ok": bool(result["success"]),
-                          "seconds": time.monotonic() - started}), flush=True)
+                          "seconds": time.monotonic() - started}), file=channel, flush=True)
 
 
 @dataclass
@@ -401,10 +408,13 @@ def run_shard(students, log_name, progress=None):
                     record = json.loads(line)
                 except ValueError:
                     continue
-                if "started" in record:
+                if not isinstance(record, dict):
+                    continue
+                if record.get("started") in queue and current["student"] is None:
                     current.update(student=record["started"], since=time.monotonic())
-                elif "student" in record:
-                    result.done[record["student"]] = (bool(record["ok"]), float(record["seconds"]))
+                elif (record.get("student") == current["student"] is not None and type(record.get("ok")) is bool
+                      and type(record.get("seconds")) in (int, float)):
+                    result.done[record["student"]] = (record["ok"], float(record["seconds"]))
                     current["student"] = None
                     if progress:
                         progress.finished(record["student"], bool(record["ok"]), float(record["seconds"]))
@@ -441,19 +451,27 @@ def _stop(process):
     process.stdout.close()
 
 
-def folder_digest(*paths, root=ROOT):
-    """sha256 of every file under `paths` (names relative to `root`, and contents), caches left out."""
-    digest = hashlib.sha256()
-    files = sorted(f for p in paths for f in ([p] if p.is_file() else p.rglob("*"))
-                   if f.is_file() and "__pycache__" not in f.parts and ".hypothesis" not in f.parts)
+def folder_digest(*paths, root=ROOT, pattern="*", extra="", everything=False):
+    """sha256 of every file matching `pattern` under `paths` (names relative to `root`, and contents),
+    and of `extra`; hidden files and folders (.ipynb_checkpoints, an editor's) and caches are left out
+    unless `everything` (what was staged for grading counts whole)."""
+    digest = hashlib.sha256(extra.encode())
+    files = sorted(f for p in paths for f in ([p] if p.is_file() else p.rglob(pattern))
+                   if f.is_file() and (everything or not any(part.startswith(".") or part == "__pycache__"
+                                                             for part in f.relative_to(root).parts)))
     for path in files:
         digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()
 
 
 def grader_digest():
-    """What decides a grade besides the submission: the checks, the pipeline and the source notebooks."""
-    return folder_digest(ROOT / "autograder", ROOT / "source", ROOT / "course_config.py")
+    """What decides a grade besides the submission: the grader's code, the source notebooks, the pinned
+    packages, and the course's policy as this run resolved it (environment overrides and the gradebook's
+    URL included: a new gradebook holds no grade yet)."""
+    policy = {name: repr(getattr(course_config, name)) for name in dir(course_config) if name.isupper()}
+    policy["db_url"] = course_config.c.CourseDirectory.db_url
+    code = folder_digest(ROOT / "autograder", pattern="*.py", extra=json.dumps(policy, sort_keys=True))
+    return folder_digest(ROOT / "source", ROOT / "course_config.py", ROOT / "requirements.lock", extra=code)
 
 
 def already_graded(report, previous):
@@ -483,7 +501,7 @@ class Progress:
             left = elapsed / self.done * (self.total - self.done)
             flagged = len(list(FLAGS.glob("*.txt"))) if FLAGS.is_dir() else 0  # students with a flag
             assignment, student = parse_key(key)
-            print(f"  [{self.done}/{self.total}] {one_line(student, 40)} {assignment} "
+            print(f"  [{self.done}/{self.total}] {one_line(student, 40)} {one_line(assignment, 40)} "
                   f"{'ok' if ok else 'NOT FINISHED'} {seconds:.0f} s; so far {self.unfinished} not finished, "
                   f"{flagged} student(s) flagged; about {left:.0f} s left", flush=True)
 
@@ -503,7 +521,8 @@ def forget_flags(assignment, student):
 
 
 def autograde_all(submissions, force=False):
-    """Grade every submission [(assignment, student)], one shard per core. A submission whose shard died
+    """Grade the submissions [(assignment, student)] that changed (all of them with `force`), one shard per
+    core; return (every report, the keys of those left as they were). A submission whose shard died
     under it is regraded alone, once; one that used its whole time limit is not (a second try would only
     double it)."""
     checks = grader_digest()
@@ -511,11 +530,13 @@ def autograde_all(submissions, force=False):
     reports = {}
     for assignment, student in submissions:
         report = stage(student, assignment)
-        report.staged, report.checks = folder_digest(STAGING / "submitted" / student / assignment), checks
+        staged = STAGING / "submitted" / student / assignment
+        report.staged, report.checks = folder_digest(staged, root=staged, everything=True), checks
         reports[report.key] = report
     unchanged = [] if force else [key for key, report in reports.items() if already_graded(report, previous)]
+    fields = set(SubmissionReport.__dataclass_fields__)
     for key in unchanged:  # what was graded before, with its notes
-        reports[key] = SubmissionReport(**{**previous[key], "staged": reports[key].staged})
+        reports[key] = SubmissionReport(**{k: v for k, v in previous[key].items() if k in fields})
     students = [key for key in reports if key not in unchanged]  # the shards' names for the submissions
     # Their earlier reports go before grading starts: a batch killed half-way through one leaves no
     # report saying it was graded, so the next batch grades it again.
@@ -601,8 +622,11 @@ def main(argv=()):
     if args.assignment and args.assignment not in course_config.ASSIGNMENTS:
         print(f"no assignment {one_line(args.assignment)!r}: the course has {', '.join(course_config.ASSIGNMENTS)}")
         return 2
-    wanted = {s for s in args.student.split(",") if s}
-    everyone = [(a, s) for a, s in submissions() if (not wanted or s in wanted)
+    wanted = {s.strip() for s in args.student.split(",") if s.strip()}
+    found = submissions()
+    for student in sorted(wanted - {s for _, s in found}):
+        print(f"  NOT GRADED: {one_line(student)} has no submitted/<student>/<assignment>/ folder")
+    everyone = [(a, s) for a, s in found if (not wanted or s in wanted)
                 and (not args.assignment or a == args.assignment)]
     if not everyone:
         print(f"nothing to grade: no submitted/<student>/<assignment>/ folders for "

@@ -165,7 +165,7 @@ def readme_table(root, checks):
         for c in checks.values():
             if c.notebook == name:
                 split[" / ".join(f"`{g}`" for g in c.grades)] = split.get(" / ".join(f"`{g}`" for g in c.grades), 0) + c.points
-        rows.append(f"- `{name}`, hidden checks by what they grade: "
+        rows.append(f"- `{name}`, every check (GPU checks too) by what it grades: "
                     + ", ".join(f"{what} {number(points)}" for what, points in split.items()) + ".")
     return "\n".join(rows)
 

@@ -11,13 +11,16 @@ import os
 import stat
 
 import nbformat
-from nbgrader.api import Gradebook
+from nbgrader.api import Gradebook, MissingEntry
 
 import course_config
 
 from .feedback import generate_feedback
 from .nbgrader_cli import run_nbgrader
-from .pipeline import decide_checks, graded_answers, student_code, student_written_code, verdict_outputs
+from .checks import REGISTRY
+from .pipeline import (decide_checks, graded_answers, hidden_check_name, student_code, student_written_code,
+                       verdict_outputs)
+from .safe_text import one_line
 
 log = logging.getLogger(__name__)
 
@@ -29,19 +32,33 @@ def autograded_notebooks():
         yield path.parent.parent.name, path.parent.name, path.stem, path
 
 
+def with_their_families(nb, names):
+    """`names` and every other check of the notebook in a family of one of them: a family is decided
+    together (a shortcut found by one check fails, or flags for a TA, every check of its family), so one
+    check decided alone could pass where the batch had failed or flagged it. Only `names` are written."""
+    families = {REGISTRY[n].family for n in names if n in REGISTRY and REGISTRY[n].family}
+    kin = [hidden_check_name(c) for c in nb.cells if hidden_check_name(c) in REGISTRY
+           and REGISTRY[hidden_check_name(c)].family in families]
+    return list(dict.fromkeys([*names, *kin]))
+
+
 def redecide(choose, cuda_available):
     """For each autograded notebook, `choose(nb, grades)` -> [(cell, check name, grade)] to decide again
     (grades: {grade id: nbgrader Grade}); returns (decided, still pending)."""
     decided = pending = 0
     with Gradebook(course_config.c.CourseDirectory.db_url) as gradebook:
         for student, assignment, notebook, path in autograded_notebooks():
-            grades = {g.name: g for g in gradebook.find_submission_notebook(notebook, assignment, student).grades}
+            try:
+                grades = {g.name: g for g in gradebook.find_submission_notebook(notebook, assignment, student).grades}
+            except MissingEntry:  # autograded/ holds it, this gradebook does not (another db_url, a removed student)
+                log.warning("not in the gradebook, left as it is: %s", one_line(f"{student}/{assignment}/{notebook}"))
+                continue
             nb = nbformat.read(path, as_version=4)
             chosen = choose(nb, grades)
             if not chosen:
                 continue
             verdicts = decide_checks(student_code(nb), student_written_code(nb), graded_answers(nb),
-                                     [name for _, name, _ in chosen], cuda_available, log)
+                                     with_their_families(nb, [name for _, name, _ in chosen]), cuda_available, log)
             for cell, name, grade in chosen:
                 verdict = verdicts[name]
                 cell.outputs = verdict_outputs(name, verdict)

@@ -213,3 +213,19 @@ def notebook_mentions(name):
     namespace = {"torch": torch, "FLOAT32_RTOL": 0, "FLOAT32_ATOL": 0, "get_ipython": None}
     exec(compile(cell.source, "test_helpers", "exec"), namespace)  # noqa: S102 - the course's own notebook
     return namespace["mentions"]
+
+
+def test_a_reply_nested_too_deep_is_refused_and_never_crashes_the_check():
+    """Student code shares the worker's process and can write any reply: JSON nested past Python's
+    recursion limit is an unreadable message, and a description nested past MAX_DEPTH is Opaque."""
+    from autograder.sandboxed_worker import protocol
+
+    with pytest.raises(protocol.ProtocolError, match="RecursionError"):
+        protocol.loads(b"[" * 200_000 + b"]" * 200_000)
+    spec = {"kind": "scalar", "value": 1}
+    for _ in range(5000):
+        spec = {"kind": "sequence", "type": "list", "items": [spec]}
+    value = protocol.decode_value(spec)
+    for _ in range(protocol.MAX_DEPTH + 2):
+        value = value[0]
+    assert isinstance(value, protocol.Opaque)

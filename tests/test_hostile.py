@@ -119,6 +119,14 @@ if os.fork() == 0:
     os.execvp("sleep", ["sleep", "{ORPHAN_MARK}2"])
 """),
         "huge_output": attack("print('x' * 40_000_000)\nfor i in range(200_000):\n    print(i)"),
+        # Writes, through the file descriptor its kernel inherited, what a shard tells the batch: a broken
+        # record, a classmate's "done" and an escape sequence (issue 22 review). The batch goes on, alone.
+        "forges_the_shard_channel": attack("""
+import os
+os.system("echo '{\\"student\\": 1}'; echo '\\"student\\"'; "
+          "echo '{\\"student\\": \\"attention_surgeon/bystander\\", \\"ok\\": false, \\"seconds\\": 1}'; "
+          "printf '{\\"started\\": \\"attention_surgeon/\\\\033]0;pwned\\\\007\\"}\\\\n'")
+"""),
         "opens_socket": attack(f"""
 import socket
 for host in ["127.0.0.1", "localhost"]:
@@ -354,7 +362,7 @@ def test_every_attack_gains_nothing_and_no_other_grade_moves(hostile_batch):
         "empty_file": 0.0, "missing_notebook": 0.0, "json_bomb": 0.0,
     })
     assert grades == expected
-    assert len(grades) == 27 and "'" + FORMULA_ID in grades  # not the forger, not the linked folder
+    assert len(grades) == 28 and "'" + FORMULA_ID in grades  # not the forger, not the linked folder
 
 
 def test_names_students_chose_are_inert_in_the_terminal_and_in_grades_csv(hostile_batch):

@@ -267,12 +267,12 @@ def expect_independent_drops(call_text, kept, kept_other_seed, p):
         raise CheckFailed(f"{call_text}\n  keeps both of two neighbouring weights {both:.0%} of the time; independent "
                           f"drops keep both about {expected_both:.0%} of the time: the dropped weights follow a "
                           f"pattern. Drop each weight on its own: torch.rand(..., generator=generator) >= p")
-    for axis, what in ((1, "row"), (0, "column")):
+    for axis, line in ((1, "row"), (0, "column")):
         counts = rows.sum(axis=axis).astype(np.float64)
         n = rows.shape[axis]
         ratio = counts.var(ddof=1) / (n * p * (1 - p))
         if not 0.15 <= ratio <= 3.0:  # a binomial's sample variance over 16 or 64 counts: beyond 5 sigma
-            raise CheckFailed(f"{call_text}\n  the number of weights kept per {what} varies {ratio:.2f} times as "
+            raise CheckFailed(f"{call_text}\n  the number of weights kept per {line} varies {ratio:.2f} times as "
                               f"much as independent drops would ({counts.min():.0f} to {counts.max():.0f} of {n}): "
                               f"the dropped weights follow a pattern. Drop each weight on its own: "
                               f"torch.rand(..., generator=generator) >= p")

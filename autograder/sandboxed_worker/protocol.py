@@ -46,6 +46,7 @@ MAX_ARRAY_ELEMENTS = int(_LIMITS["max_array_elements"])  # elements of one tenso
 MAX_MESSAGE_BYTES = int(_LIMITS["max_message_bytes"])
 MAX_ITEMS = int(_LIMITS["max_items"])  # items of a returned tuple, list or dict that are described
 MAX_TEXT = int(_LIMITS["max_text"])  # characters of a repr or an error message that are kept
+MAX_DEPTH = 4  # nesting of returned tuples, lists and dicts that is described, and decoded
 
 
 class ProtocolError(Exception):
@@ -122,8 +123,8 @@ def loads(line):
         raise ProtocolError("message too large")
     try:
         message = json.loads(line)
-    except (ValueError, UnicodeDecodeError) as err:
-        raise ProtocolError(f"unreadable message: {err}") from None
+    except (ValueError, UnicodeDecodeError, RecursionError) as err:  # RecursionError: JSON nested too deep
+        raise ProtocolError(f"unreadable message: {type(err).__name__}: {str(err)[:200]}") from None
     if not isinstance(message, dict):
         raise ProtocolError("a message must be a JSON object")
     return message
@@ -154,10 +155,10 @@ def describe(value, depth=0):
             return {"kind": "scalar", "value": value if math.isfinite(value) else repr(value), "float": True}
         if isinstance(value, (np.floating, np.integer, np.bool_)):
             return describe(value.item(), depth)
-        if type(value) in (tuple, list) and depth < 4:
+        if type(value) in (tuple, list) and depth < MAX_DEPTH:
             return {"kind": "sequence", "type": type(value).__name__, "length": len(value),
                     "items": [describe(v, depth + 1) for v in value[:MAX_ITEMS]]}
-        if type(value) is dict and depth < 4:
+        if type(value) is dict and depth < MAX_DEPTH:
             items = list(value.items())[:MAX_ITEMS]
             return {"kind": "mapping", "items": {_short(k): describe(v, depth + 1) for k, v in items}}
         return {"kind": "object", "type": _short(type(value).__qualname__), "repr": _short(repr(value))}
@@ -255,11 +256,14 @@ def decode_value(spec):
     check fails in the student's terms, never an exception that would leave the check pending."""
     try:
         return _decode_value(spec)
-    except (ProtocolError, ValueError, TypeError, KeyError) as err:
+    except (ProtocolError, ValueError, TypeError, KeyError, RecursionError) as err:
         return Opaque("value the grader could not read", str(err)[:200])
 
 
-def _decode_value(spec):
+
+def _decode_value(spec, depth=0):
+    if depth > MAX_DEPTH + 1:
+        return Opaque("unreadable", f"a value nested deeper than {MAX_DEPTH} levels")
     if not isinstance(spec, dict):
         return Opaque("unreadable", repr(spec)[:200])
     kind = spec.get("kind")
@@ -276,10 +280,11 @@ def _decode_value(spec):
             return float(value)
         return value if value is None or type(value) in (bool, int, float, str) else Opaque("scalar", repr(value))
     if kind == "sequence":
-        items = tuple(decode_value(item) for item in list(spec.get("items", []))[:MAX_ITEMS])
+        items = tuple(_decode_value(item, depth + 1) for item in list(spec.get("items", []))[:MAX_ITEMS])
         return items if spec.get("type") == "tuple" else list(items)
     if kind == "mapping":
-        return {str(k): decode_value(v) for k, v in dict(spec.get("items", {})).items()}
+        return {str(k)[:MAX_TEXT]: _decode_value(v, depth + 1)
+                for k, v in list(dict(spec.get("items", {})).items())[:MAX_ITEMS]}
     if kind == "figure":
         return decode_figure(spec)
     return Opaque(str(spec.get("type", "object"))[:200], str(spec.get("repr", ""))[:2000])
@@ -319,7 +324,7 @@ class Axes:
 
 @dataclass
 class FigureSummary:
-    """A matplotlib figure a student's function returned, as data (see worker._describe_figure)."""
+    """A matplotlib figure a student's function returned, as data (see _describe_figure)."""
     title: str
     axes: list  # [Axes]
 
