@@ -6,8 +6,10 @@ functions and prints the verdict. At grading time the call is never run in
 the student's kernel: autograder/pipeline.py decides it outside, against the
 student's code in the sandboxed worker.
 """
+import functools
 
 
+@functools.lru_cache(maxsize=1)
 def _instructor_cells():
     """The text of every locked cell of the course's source notebooks: the instructor's own helpers
     (largest_new_tensor watches memory through a TorchDispatchMode), which the static scan must not

@@ -11,12 +11,8 @@ is left as it is.
 import logging
 import sys
 
-import torch
-
-import course_config
-
 from .checks import REGISTRY
-from .pipeline import hidden_check_name
+from .pipeline import grading_on_cuda, hidden_check_name
 from .preflight import refuse_unless_sandbox_works
 from .redecide import redecide
 
@@ -35,7 +31,7 @@ def pending_gpu_cells(nb, grades):
 
 
 def main():
-    if not torch.cuda.is_available() or course_config.GRADE_ON_CUDA == "off":
+    if not grading_on_cuda():
         print("no CUDA on this host: the pending GPU checks stay pending; nothing was changed")
         return 0
     refused = refuse_unless_sandbox_works()

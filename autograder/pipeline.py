@@ -192,6 +192,13 @@ class SandboxedExecute(Execute):
             "error", ename=ename, evalue=message, traceback=[f"{ename}: {message}"]))
 
 
+def grading_on_cuda():
+    """Whether GPU checks are decided here: torch sees CUDA and course_config.GRADE_ON_CUDA allows it."""
+    import torch
+
+    return torch.cuda.is_available() and course_config.GRADE_ON_CUDA != "off"
+
+
 def decide_checks(code, sources, answers, names, cuda_available, log):
     """{check name: Verdict} for `names`, against the student's `code` in one sandboxed worker."""
     with SandboxedStudent(code, sources=sources, answers=answers) as student:
@@ -213,11 +220,7 @@ class StartTrustedChecks(NbGraderPreprocessor):
         if is_unanswered(nb, resources):
             resources["nbgrader"]["trusted_checks"] = _Decided({name: Verdict("failed", UNANSWERED) for name in names})
             return nb, resources
-        cuda = self.cuda_available
-        if cuda is None:
-            import torch
-
-            cuda = torch.cuda.is_available() and course_config.GRADE_ON_CUDA != "off"
+        cuda = grading_on_cuda() if self.cuda_available is None else self.cuda_available
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="trusted-checks")
         resources.setdefault("nbgrader", {})["trusted_checks"] = pool.submit(
             decide_checks, student_code(nb), student_written_code(nb), graded_answers(nb), names, cuda, self.log)

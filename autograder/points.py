@@ -31,7 +31,7 @@ from nbgrader.utils import is_grade, is_solution
 
 import course_config
 
-from .pipeline import HIDDEN_CHECK_CALL, hidden_check_name
+from .pipeline import HIDDEN_CHECK_CALL
 
 README_BEGIN = "<!-- points table: written by `make release` from the checks' declarations; edit those -->"
 README_END = "<!-- end of the points table -->"
@@ -95,7 +95,8 @@ def is_hidden_cell(cell):
 
 
 def _named_check(cell):
-    return hidden_check_name(cell) or HIDDEN_CHECK_CALL.search(cell.source).group(1)
+    """The check a hidden cell calls (is_hidden_cell), read from its source: its metadata may not say yet."""
+    return HIDDEN_CHECK_CALL.search(cell.source).group(1)
 
 
 def family_points(checks, notebook, family):
@@ -106,9 +107,9 @@ def sync_notebook(nb, name, checks):
     """Write the declarations into notebook `nb` (in place); [what changed]."""
     changes = []
     for index, cell in enumerate(nb.cells):
-        if not is_hidden_cell(cell) or _named_check(cell) not in checks:
+        check = checks.get(_named_check(cell)) if is_hidden_cell(cell) else None
+        if check is None:
             continue
-        check = checks[_named_check(cell)]
         source, metadata = hidden_cell_source(check, cell.source), hidden_cell_metadata(check, cell.metadata)
         if source != cell.source or metadata != cell.metadata:
             old = cell.metadata.get("nbgrader", {}).get("points")
@@ -164,7 +165,8 @@ def readme_table(root, checks):
         split = {}
         for c in checks.values():
             if c.notebook == name:
-                split[" / ".join(f"`{g}`" for g in c.grades)] = split.get(" / ".join(f"`{g}`" for g in c.grades), 0) + c.points
+                what = " / ".join(f"`{g}`" for g in c.grades)
+                split[what] = split.get(what, 0) + c.points
         rows.append(f"- `{name}`, every check (GPU checks too) by what it grades: "
                     + ", ".join(f"{what} {number(points)}" for what, points in split.items()) + ".")
     return "\n".join(rows)

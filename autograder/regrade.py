@@ -4,12 +4,8 @@ mid-term. A grade a TA entered by hand for that check is kept; every other grade
 import logging
 import sys
 
-import torch
-
-import course_config
-
 from .checks import REGISTRY
-from .pipeline import hidden_check_name
+from .pipeline import grading_on_cuda, hidden_check_name
 from .preflight import refuse_unless_sandbox_works
 from .redecide import redecide
 
@@ -36,8 +32,7 @@ def main(argv):
     refused = refuse_unless_sandbox_works()
     if refused:
         return refused
-    cuda = torch.cuda.is_available() and course_config.GRADE_ON_CUDA != "off"
-    decided, pending = redecide(cells_of(check), cuda)
+    decided, pending = redecide(cells_of(check), grading_on_cuda())
     print(f"check {check} decided again in {decided} notebook(s)" + (f", {pending} pending" if pending else "")
           + "; every other grade is as it was; feedback/ and grades.csv are written")
     return 0
