@@ -4,12 +4,13 @@
         | stage: copy; a notebook that cannot be read is replaced by the blank
         |        release version, and the reason is kept for the feedback
     .grading/submitted/<student>/<assignment>/
-        | nbgrader's autograde (NbGraderAPI), students split into one shard per core,
-        | each shard one trusted process; hidden checks: autograder/pipeline.py.
-        | Each student has SUBMISSION_TIMEOUT_S of wall clock (time_budget.py); past it
-        | (and a grace) their grading is stopped for good. A student whose shard
-        | died under them is regraded alone, once.
-    gradebook.db, autograded/
+        | one Dask task per submission (cluster.py): the staged files go to a grading host as
+        | data, nbgrader's autograde runs there in a throw-away course (grading_task.py; hidden
+        | checks: pipeline.py), the autograded notebooks and grades come back as JSON. Each
+        | submission has SUBMISSION_TIMEOUT_S of wall clock (time_budget.py); past it (and a
+        | grace) its grading is stopped for good.
+        | apply_results.py: this process, the one writer, applies each result as it comes
+    gradebook (SQLite or PostgreSQL), autograded/
         | nbgrader generate_feedback, nbgrader export
     feedback/<student>/<assignment>/*.html, grades.csv
 
@@ -31,6 +32,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
@@ -39,12 +41,17 @@ from nbgrader.utils import is_grade, is_locked, is_solution, is_task
 
 import course_config
 
+from .apply_results import apply_result
+from .cluster import grading_client, refusals
 from .feedback import FLAGS, generate_feedback, load_reports, save_reports
-from .nbgrader_cli import nbgrader_env, run_nbgrader
-from . import time_budget
+from .grading_task import (encode_request, failed_result, grade_submission, package_digest, parse_key, read_result,
+                           submission_key)
+from .nbgrader_cli import run_nbgrader
 from .preflight import refuse_unless_sandbox_works
 from .safe_text import one_line
-from .sandbox import sweep_leftovers
+from .sandbox import SandboxUnavailable, sweep_leftovers
+
+log = logging.getLogger("attention_surgeon.grade_submissions")
 
 ROOT = course_config.COURSE_ROOT
 ASSIGNMENT = course_config.ASSIGNMENT
@@ -64,16 +71,6 @@ class SubmissionReport:
     @property
     def key(self):
         return submission_key(self.assignment, self.student)
-
-
-def submission_key(assignment, student):
-    """One submission, as the shards name it: 'assignment/student' (a folder name holds no '/')."""
-    return f"{assignment}/{student}"
-
-
-def parse_key(key):
-    assignment, _, student = key.partition("/")
-    return assignment, student
 
 
 def release_notebooks(assignment=ASSIGNMENT):
@@ -335,122 +332,6 @@ def stage(student, assignment=ASSIGNMENT):
     return report
 
 
-def grade_shard(keys):
-    """In this process: nbgrader's autograde for each submission ('assignment/student'), each on its own
-    clock. Writes one JSON line when a submission starts and one with the result when it is done."""
-    from nbgrader.apps import NbGraderAPI
-
-    # The batch hears from this process on a private copy of stdout (not inherited: os.dup makes it
-    # close-on-exec); fd 1 itself goes to the shard's log, so a student's kernel, which inherits it,
-    # writes there and can never forge a line of this channel.
-    channel = os.fdopen(os.dup(1), "w", buffering=1)
-    os.dup2(2, 1)
-    sys.stdout = os.fdopen(1, "w", buffering=1, closefd=False)
-    config = course_config.c.copy()
-    config.CourseDirectory.submitted_directory = str(STAGING / "submitted")
-    api = NbGraderAPI(config=config)
-    for key in keys:
-        assignment, student = parse_key(key)
-        print(json.dumps({"started": key}), file=channel, flush=True)
-        time_budget.start_submission()
-        started = time.monotonic()
-        result = api.autograde(assignment, student, force=True, create=True)
-        log = STAGING / "logs" / (f"{student}.log" if assignment == ASSIGNMENT else f"{student}-{assignment}.log")
-        log.parent.mkdir(parents=True, exist_ok=True)
-        text = (result.get("log") or "") + "\n" + (result.get("error") or "")
-        log.write_text("\n".join(one_line(line, 20_000) for line in text.splitlines()) + "\n")  # names inert
-        print(json.dumps({"student": key, "ok": bool(result["success"]),
-                          "seconds": time.monotonic() - started}), file=channel, flush=True)
-
-
-@dataclass
-class ShardResult:  # keyed by submission ('assignment/student')
-    done: dict = field(default_factory=dict)  # submission -> (ok, seconds)
-    stopped: dict = field(default_factory=dict)  # submission -> seconds: used its whole limit, stopped for good
-
-
-def _lines(process, deadline):
-    """The shard's stdout, line by line, until it ends or `deadline()` (re-read each time) passes."""
-    buffer = b""
-    while True:
-        left = deadline() - time.monotonic()
-        if left <= 0:
-            raise TimeoutError
-        if not select.select([process.stdout], [], [], min(left, 1.0))[0]:
-            continue
-        chunk = os.read(process.stdout.fileno(), 1 << 16)
-        if not chunk:
-            return
-        buffer += chunk
-        while b"\n" in buffer:
-            line, _, buffer = buffer.partition(b"\n")
-            yield line
-
-
-def run_shard(students, log_name, progress=None):
-    """Grade `students` in child processes, each student within SUBMISSION_TIMEOUT_S (+ grace) of wall
-    clock. A student past it is stopped, and the shard goes on with the others in a fresh process.
-    `progress.finished` hears of each submission as it ends."""
-    result = ShardResult()
-    hard_limit = course_config.SUBMISSION_TIMEOUT_S + course_config.SUBMISSION_GRACE_S
-    queue = list(students)
-    while queue:
-        current = {"student": None, "since": time.monotonic()}
-        log = open(STAGING / "logs" / f"{log_name}.log", "ab")
-        # In this process group (a grader killed with its group takes its shards along), and killed
-        # by the kernel if this process dies alone; the shard's sandboxes die with the shard.
-        process = subprocess.Popen([sys.executable, "-m", "autograder.grade_submissions", "--shard", *queue],
-                                   cwd=ROOT, env=nbgrader_env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                   stderr=log, preexec_fn=die_with_parent)
-        try:
-            for line in _lines(process, lambda: current["since"] + hard_limit):
-                try:
-                    record = json.loads(line)
-                except ValueError:
-                    continue
-                if not isinstance(record, dict):
-                    continue
-                if record.get("started") in queue and current["student"] is None:
-                    current.update(student=record["started"], since=time.monotonic())
-                elif (record.get("student") == current["student"] is not None and type(record.get("ok")) is bool
-                      and type(record.get("seconds")) in (int, float)):
-                    result.done[record["student"]] = (record["ok"], float(record["seconds"]))
-                    current["student"] = None
-                    if progress:
-                        progress.finished(record["student"], bool(record["ok"]), float(record["seconds"]))
-        except TimeoutError:
-            if current["student"] is not None:
-                result.stopped[current["student"]] = time.monotonic() - current["since"]
-                if progress:
-                    progress.finished(current["student"], False, result.stopped[current["student"]])
-        finally:
-            _stop(process)
-            log.close()
-        ended = set(result.done) | set(result.stopped)
-        if current["student"] is not None and current["student"] not in ended:
-            ended.add(current["student"])  # the process died under this student: graded alone later
-        queue = [s for s in queue if s not in ended]
-    return result
-
-
-def die_with_parent():
-    """In a child, before exec: the kernel sends it SIGKILL when its parent dies (Linux prctl)."""
-    import ctypes
-
-    PR_SET_PDEATHSIG = 1
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
-def _stop(process):
-    """End a shard process; its sandboxes (bwrap --die-with-parent) and kernels die with it."""
-    try:
-        process.kill()
-    except ProcessLookupError:
-        pass
-    process.wait()
-    process.stdout.close()
-
-
 def folder_digest(*paths, root=ROOT, pattern="*", extra="", everything=False):
     """sha256 of every file matching `pattern` under `paths` (names relative to `root`, and contents),
     and of `extra`; hidden files and folders (.ipynb_checkpoints, an editor's) and caches are left out
@@ -464,12 +345,15 @@ def folder_digest(*paths, root=ROOT, pattern="*", extra="", everything=False):
     return digest.hexdigest()
 
 
-def grader_digest():
+def grader_digest(with_gradebook=True):
     """What decides a grade besides the submission: the grader's code, the source notebooks, the pinned
-    packages, and the course's policy as this run resolved it (environment overrides and the gradebook's
-    URL included: a new gradebook holds no grade yet)."""
-    policy = {name: repr(getattr(course_config, name)) for name in dir(course_config) if name.isupper()}
-    policy["db_url"] = course_config.c.CourseDirectory.db_url
+    packages, and the course's policy as this run resolved it (environment overrides included), and
+    (`with_gradebook`) the gradebook's URL: a new gradebook holds no grade yet. Every grading host of a
+    batch must have the same digest without the URL (grading_task.package_digest)."""
+    policy = {name: repr(getattr(course_config, name)) for name in dir(course_config)
+              if name.isupper() and name not in ("GRADEBOOK_URL", "DASK_SCHEDULER", "GRADING_PARALLELISM")}
+    if with_gradebook:
+        policy["db_url"] = course_config.c.CourseDirectory.db_url
     code = folder_digest(ROOT / "autograder", pattern="*.py", extra=json.dumps(policy, sort_keys=True))
     return folder_digest(ROOT / "source", ROOT / "course_config.py", ROOT / "requirements.lock", extra=code)
 
@@ -490,6 +374,7 @@ class Progress:
 
     def __init__(self, total):
         self.total, self.done, self.unfinished = total, 0, 0
+        self.applying = 0.0  # seconds the batch's one writer spent writing results into the gradebook
         self.started = time.monotonic()
         self.lock = threading.Lock()
 
@@ -520,11 +405,62 @@ def forget_flags(assignment, student):
         path.unlink()
 
 
+def staged_files(key):
+    """{file name: bytes} of what was staged for submission `key`."""
+    assignment, student = parse_key(key)
+    staged = STAGING / "submitted" / student / assignment
+    return {p.name: p.read_bytes() for p in sorted(staged.iterdir()) if p.is_file() and not p.is_symlink()}
+
+
+def grade_on_cluster(keys, progress):
+    """{key: result} (grading_task.read_result's dicts) for the submissions `keys`, graded by Dask tasks;
+    each result is applied to the gradebook (`apply`) as it comes, one at a time, by this process."""
+    from distributed import as_completed
+
+    grader = package_digest()
+    results = {}
+    with grading_client() as client:
+        refused = refusals(client) if course_config.DASK_SCHEDULER else []
+        if refused:
+            raise SandboxUnavailable("; ".join(refused))
+        futures = {client.submit(grade_submission, encode_request(key, grader, staged_files(key)),
+                                 key=f"grade-submission-{index}-{uuid.uuid4().hex}", pure=False): key
+                   for index, key in enumerate(keys)}
+        for future in as_completed(futures):
+            key = futures.pop(future)
+            try:
+                result = read_result(future.result(), key)
+            except Exception as err:  # a task that failed on every try (its workers died), or a bad result
+                log.error("%s: %s", one_line(key), one_line(f"{type(err).__name__}: {err}", 2000))
+                result = failed_result(key, "its grading host stopped working while grading it")
+            results[key] = result
+            applying = time.monotonic()
+            apply(key, result)
+            progress.applying += time.monotonic() - applying
+            progress.finished(key, result["ok"], result["seconds"])
+            future.release()
+    return results
+
+
+def apply(key, result):
+    """One submission's result into the gradebook and autograded/, its flags and its log."""
+    assignment, student = parse_key(key)
+    if result["flags"]:
+        FLAGS.mkdir(parents=True, exist_ok=True)
+        with open(FLAGS / f"{student}.txt", "a") as out:
+            out.writelines(one_line(line, 2000) + "\n" for line in result["flags"])
+    log_path = STAGING / "logs" / (f"{student}.log" if assignment == ASSIGNMENT else f"{student}-{assignment}.log")
+    log_path.write_text(result["log"])
+    problem = apply_result(result, STAGING / "submitted" / student / assignment, STAGING / "returned")
+    if problem:
+        result.update(ok=False, error=problem)
+
+
 def autograde_all(submissions, force=False):
-    """Grade the submissions [(assignment, student)] that changed (all of them with `force`), one shard per
-    core; return (every report, the keys of those left as they were). A submission whose shard died
-    under it is regraded alone, once; one that used its whole time limit is not (a second try would only
-    double it)."""
+    """Grade the submissions [(assignment, student)] that changed (all of them with `force`) on the
+    cluster; return (every report, the keys of those left as they were). A submission whose grading
+    process died under it was graded once more on its host, and one whose worker died once more on
+    another; one that used its whole time limit is not (a second try would only double it)."""
     checks = grader_digest()
     previous = {submission_key(r.get("assignment", ASSIGNMENT), r["student"]): r for r in load_reports()}
     reports = {}
@@ -537,41 +473,29 @@ def autograde_all(submissions, force=False):
     fields = set(SubmissionReport.__dataclass_fields__)
     for key in unchanged:  # what was graded before, with its notes
         reports[key] = SubmissionReport(**{k: v for k, v in previous[key].items() if k in fields})
-    students = [key for key in reports if key not in unchanged]  # the shards' names for the submissions
+    keys = [key for key in reports if key not in unchanged]
     # Their earlier reports go before grading starts: a batch killed half-way through one leaves no
     # report saying it was graded, so the next batch grades it again.
-    save_reports([r for key, r in previous.items() if key not in students])
-    for key in students:  # this batch's flags only: a skipped submission keeps its own
+    save_reports([r for key, r in previous.items() if key not in keys])
+    for key in keys:  # this batch's flags only: a skipped submission keeps its own
         forget_flags(*parse_key(key))
     (STAGING / "logs").mkdir(parents=True, exist_ok=True)
-    parallel = course_config.GRADING_PARALLELISM
-    shards = [students[i::parallel] for i in range(parallel)]
-    done, stopped = {}, {}
-    progress = Progress(len(students))
-    with ThreadPoolExecutor(max_workers=parallel) as pool:
-        for result in pool.map(run_shard, [s for s in shards if s], [f"shard-{i}" for i in range(parallel)],
-                               [progress] * parallel):
-            done.update(result.done)
-            stopped.update(result.stopped)
-        crashed = [s for s in students if s not in done and s not in stopped]
-        for result in pool.map(run_shard, [[s] for s in crashed], [f"alone-{s}" for s in crashed],
-                               [progress] * len(crashed)):
-            done.update(result.done)
-            stopped.update(result.stopped)
-    for student in students:  # student: the submission's key
-        report = reports[student]
-        ok, seconds = done.get(student, (False, stopped.get(student, 0.0)))
-        report.ok, report.seconds = ok, seconds
-        if student in stopped:
+    progress = Progress(len(keys))
+    results = grade_on_cluster(keys, progress) if keys else {}
+    for key in keys:
+        report, result = reports[key], results[key]
+        report.ok, report.seconds = result["ok"], result["seconds"]
+        if result["stopped"]:
             report.problems.append(
-                f"grading was stopped after {seconds:.0f} s: a submission may take at most "
+                f"grading was stopped after {result['seconds']:.0f} s: a submission may take at most "
                 f"{course_config.SUBMISSION_TIMEOUT_S} s to grade (your functions or cells were too slow). "
                 f"The notebooks graded before that keep their scores; a TA will look at it.")
-        elif student not in done:
-            report.problems.append("grading crashed twice on this submission; a TA will look at it.")
-        elif not ok:
-            report.problems.append("the autograder could not finish grading this submission; a TA will look at it.")
-    return list(reports.values()), unchanged
+        elif result["crashed"]:
+            report.problems.append(f"{result['error'] or 'grading crashed'}; a TA will look at it.")
+        elif not result["ok"]:
+            report.problems.append("the autograder could not finish grading this submission"
+                                   + (f" ({result['error']})" if result["error"] else "") + "; a TA will look at it.")
+    return list(reports.values()), unchanged, progress.applying
 
 
 def students(assignment=ASSIGNMENT):
@@ -637,7 +561,8 @@ def main(argv=()):
     if swept:
         print(f"removed {swept} leftover sandbox folder(s) and cgroup(s) of an earlier, interrupted batch")
     with ThreadPoolExecutor(max_workers=1) as pool:
-        sandbox_works = pool.submit(refuse_unless_sandbox_works)  # meanwhile:
+        # Here, for the embedded cluster; a cluster of other hosts is asked before it gets a task.
+        sandbox_works = pool.submit(lambda: None if course_config.DASK_SCHEDULER else refuse_unless_sandbox_works())
         # the gradebook learns the assignment (its cells, points, checksums) from source/.
         (STAGING / "logs").mkdir(parents=True, exist_ok=True)
         with open(STAGING / "logs" / "generate_assignment.log", "wb") as log:  # nbgrader's chatter stays here
@@ -647,7 +572,11 @@ def main(argv=()):
         refused = sandbox_works.result()
     if refused:
         return refused
-    reports, unchanged = autograde_all(everyone, force=args.force)
+    try:
+        reports, unchanged, applying = autograde_all(everyone, force=args.force)
+    except SandboxUnavailable as err:
+        print(f"GRADING REFUSED: {one_line(str(err), 4000)}")
+        return 2
     graded = {r.key for r in reports}
     save_reports([r for r in load_reports()  # earlier reports of submissions not in this batch stay
                   if submission_key(r.get("assignment", ASSIGNMENT), r["student"]) not in graded]
@@ -667,14 +596,13 @@ def main(argv=()):
     if unchanged:
         print(f"  {len(unchanged)} submission(s) unchanged since they were graded by this same grader: not graded "
               f"again (FORCE=1 grades them again)")
-    print(f"graded {len(reports) - len(unchanged)} submission(s) in {elapsed:.1f} s with "
-          f"{course_config.GRADING_PARALLELISM} at a time; grades.csv and feedback/ are written")
+    where = (f"on the cluster at {course_config.DASK_SCHEDULER}" if course_config.DASK_SCHEDULER else
+             f"with {course_config.GRADING_PARALLELISM} at a time")
+    print(f"graded {len(reports) - len(unchanged)} submission(s) in {elapsed:.1f} s {where} (writing them into "
+          f"the gradebook took {applying:.1f} s); grades.csv and feedback/ are written")
     return 0
 
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(message)s")  # the preflight says which process cap holds
-    if sys.argv[1:2] == ["--shard"]:
-        grade_shard(sys.argv[2:])
-    else:
-        sys.exit(main(sys.argv[1:]))
+    sys.exit(main(sys.argv[1:]))

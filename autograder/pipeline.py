@@ -17,6 +17,7 @@ Plain nbgrader would run the hidden tests inside the student's kernel, where
 one student cell can rewrite them. Here that kernel never sees them.
 """
 import re
+from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
 
 import IPython.lib.pretty  # noqa: F401 - see below
@@ -27,7 +28,7 @@ from nbformat.v4 import new_output
 from nbgrader.api import Gradebook
 from nbgrader.preprocessors import Execute, NbGraderPreprocessor
 from nbgrader.utils import is_grade, is_solution
-from traitlets import Bool, Integer
+from traitlets import Bool, Integer, Unicode
 
 import course_config
 
@@ -241,6 +242,9 @@ class _Decided:
 class TrustedChecks(NbGraderPreprocessor):
     """Write each hidden check's verdict as its cell's output; remember the undecided ones."""
 
+    flags_directory = Unicode(str(FLAGS), help="Where <student>.txt lists the checks a TA must decide (a grading "
+                                               "host's throw-away course has its own).").tag(config=True)
+
     def preprocess(self, nb, resources):
         info = resources.setdefault("nbgrader", {})
         pending = info.setdefault("pending_checks", {})
@@ -254,17 +258,18 @@ class TrustedChecks(NbGraderPreprocessor):
                 cell.outputs = verdict_outputs(name, verdicts[name])
                 if verdicts[name].status == "pending":
                     pending[cell.metadata["nbgrader"]["grade_id"]] = verdicts[name].message
-        record_flags(info, {name: v.message for name, v in verdicts.items() if v.flagged})
+        record_flags(info, {name: v.message for name, v in verdicts.items() if v.flagged}, self.flags_directory)
         return nb, resources
 
 
-def record_flags(info, flagged):
+def record_flags(info, flagged, folder=FLAGS):
     """Checks a TA must decide by looking at the code: one line each in .grading/flags/<student>.txt,
     which `make autograde` prints in its summary (the gradebook says "needs manual grade")."""
     if not flagged or "student" not in info:
         return
-    FLAGS.mkdir(parents=True, exist_ok=True)
-    with open(FLAGS / f"{info['student']}.txt", "a") as out:
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / f"{info['student']}.txt", "a") as out:
         for name, message in flagged.items():
             out.write(f"{info.get('notebook', '?')}: {name}: {one_line(message, 1000)}\n")  # one line each
 

@@ -107,6 +107,7 @@ def sandbox_environment(home="/tmp"):
 CGROUP_PREFIX = "attention-surgeon-"
 IPC_PREFIX = "as-ipc-"
 LEGACY_KERNEL_PREFIX = "attention-surgeon-kernel-"  # scratch folders of earlier versions
+TASK_PREFIX = "attention-surgeon-task-"  # a grading host's folder of throw-away courses (grading_task.py)
 
 
 class CgroupProcessCap:
@@ -412,7 +413,8 @@ def _owner_alive(name, prefix):
 
 
 def sweep_leftovers():
-    """Remove the cgroups and IPC folders of sandboxes whose grading process is gone (a grader killed
+    """Remove the cgroups and IPC folders of sandboxes whose grading process is gone (and the folders of
+    throw-away courses of a grading host's worker that is gone) (a grader killed
     mid-batch leaves them: its sandboxes die with it, their folders and groups do not). Folders of
     earlier versions, which name no owner, go once they are older than any grading can last.
     Returns how many were removed."""
@@ -426,8 +428,8 @@ def sweep_leftovers():
                 removed += cap.path is None
     too_old = time.time() - course_config.SUBMISSION_TIMEOUT_S - course_config.SUBMISSION_GRACE_S
     for base in {Path(tempfile.gettempdir()), Path("/tmp")}:
-        for folder in list(base.glob(f"{IPC_PREFIX}*")) + list(base.glob(f"{LEGACY_KERNEL_PREFIX}*")):
-            prefix = IPC_PREFIX if folder.name.startswith(IPC_PREFIX) else LEGACY_KERNEL_PREFIX
+        for folder in [f for prefix in (IPC_PREFIX, LEGACY_KERNEL_PREFIX, TASK_PREFIX) for f in base.glob(f"{prefix}*")]:
+            prefix = next(p for p in (IPC_PREFIX, LEGACY_KERNEL_PREFIX, TASK_PREFIX) if folder.name.startswith(p))
             owner = _owner_alive(folder.name, prefix)
             if owner is False or (owner is None and folder.stat().st_mtime < too_old):
                 shutil.rmtree(folder, ignore_errors=True)

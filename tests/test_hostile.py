@@ -119,12 +119,13 @@ if os.fork() == 0:
     os.execvp("sleep", ["sleep", "{ORPHAN_MARK}2"])
 """),
         "huge_output": attack("print('x' * 40_000_000)\nfor i in range(200_000):\n    print(i)"),
-        # Writes, through the file descriptor its kernel inherited, what a shard tells the batch: a broken
-        # record, a classmate's "done" and an escape sequence (issue 22 review). The batch goes on, alone.
+        # Writes, through the file descriptor its kernel inherited, what a grading process tells its worker:
+        # a broken record, its own and a classmate's "finished", and an escape sequence (issue 22 review).
         "forges_the_shard_channel": attack("""
 import os
-os.system("echo '{\\"student\\": 1}'; echo '\\"student\\"'; "
-          "echo '{\\"student\\": \\"attention_surgeon/bystander\\", \\"ok\\": false, \\"seconds\\": 1}'; "
+os.system("echo '{\\"finished\\": 1}'; echo '\\"finished\\"'; "
+          "echo '{\\"finished\\": \\"attention_surgeon/bystander\\", \\"ok\\": false}'; "
+          "echo '{\\"finished\\": \\"attention_surgeon/forges_the_shard_channel\\", \\"ok\\": true}'; "
           "printf '{\\"started\\": \\"attention_surgeon/\\\\033]0;pwned\\\\007\\"}\\\\n'")
 """),
         "opens_socket": attack(f"""
@@ -451,7 +452,7 @@ def test_writable_places_in_the_sandbox_are_capped(hostile_batch):
     # and 48 files of 63 MiB grew the host's disk by 2995 MiB. (Tests beside this one write some too.)
     print(f"the host's disk grew by at most {hostile_batch['disk_growth_mb']:.0f} MB during the batch")
     assert hostile_batch["disk_growth_mb"] < 1024
-    # At most every sandbox of the batch full at once: two shards, each a kernel (/tmp and its
+    # At most every sandbox of the batch full at once: two workers, each a kernel (/tmp and its
     # folder) and a worker (/tmp), plus room for the host's own changes meanwhile.
     bound = 2 * 3 * WRITABLE_MB + 512  # (tests beside this one use some too: a browser, its /dev/shm)
     print(f"shared memory grew by at most {hostile_batch['shmem_growth_mb']:.0f} MB (bound {bound} MB)")
