@@ -26,7 +26,7 @@ TORCH_VERSION := 2.13.0
 TORCH_cpu := torch==$(TORCH_VERSION)+cpu --extra-index-url https://download.pytorch.org/whl/cpu
 TORCH_cuda := torch==$(TORCH_VERSION)
 
-.PHONY: help venv hub release validate collect autograde regrade autograde-gpu feedback export test gpu-check lab clean-grading
+.PHONY: help venv hub release validate collect autograde regrade autograde-gpu feedback export report test gpu-check lab clean-grading
 .DEFAULT_GOAL := help
 
 help: ## this list (plain `make` prints it too)
@@ -77,6 +77,10 @@ feedback: venv ## grader: feedback/ again from autograded/ (after manual grading
 
 export: venv ## grader: grades.csv from the gradebook
 	$(NBGRADER) export --to=grades.csv
+
+# Instructor, after a batch: what the class got wrong, what waits for a TA, which submissions look alike.
+report: venv ## instructor: report/index.html (+ checks.csv, similarity.csv) from the gradebook and autograded/
+	$(PY) -m autograder.report
 
 test: venv ## developer: the whole test suite
 	$(PY) -m pytest

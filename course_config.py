@@ -164,6 +164,14 @@ ALLOW_NO_PROCESS_CAP = _policy("ALLOW_NO_PROCESS_CAP", False)
 # "needs manual grade". `make autograde-gpu` on a CUDA host fills them in later.
 GRADE_ON_CUDA = _policy("GRADE_ON_CUDA", "auto", choices=("auto", "off"))
 
+# The instructor's report (`make report`, autograder/report.py): a pair of submissions is listed as
+# unusually alike in one graded function when copydetect finds at least this share of either one's
+# fingerprinted code in the other (names, comments and whitespace ignored; the release notebook's
+# given code removed first), and the shared part is at least SIMILARITY_MIN_TOKENS tokens (a short
+# function written to the contract looks alike in everyone's hands). A reason to look, not a verdict.
+SIMILARITY_THRESHOLD = _policy("SIMILARITY_THRESHOLD", 0.9)
+SIMILARITY_MIN_TOKENS = _policy("SIMILARITY_MIN_TOKENS", 80)
+
 # Hypothesis: every student gets the same examples (see autograder/strategies.py).
 HYPOTHESIS_MAX_EXAMPLES = 25
 # Generated tensors stay small so a plainly written loop implementation

@@ -600,6 +600,8 @@ def main(argv=()):
              f"with {course_config.GRADING_PARALLELISM} at a time")
     print(f"graded {len(reports) - len(unchanged)} submission(s) in {elapsed:.1f} s {where} (writing them into "
           f"the gradebook took {applying:.1f} s); grades.csv and feedback/ are written")
+    print("what the class got wrong, what waits for a TA, which submissions look alike: make report "
+          "(report/index.html)")
     return 0
 
 

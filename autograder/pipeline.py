@@ -33,6 +33,7 @@ from traitlets import Bool, Integer, Unicode
 import course_config
 
 from .checks import Verdict, run_checks
+from .checks.rules import sentence
 from .sandbox import sandboxed_kernel_manager_class
 from .feedback import FLAGS
 from .safe_text import one_line
@@ -219,7 +220,7 @@ class StartTrustedChecks(NbGraderPreprocessor):
         if not names:
             return nb, resources
         if is_unanswered(nb, resources):
-            resources["nbgrader"]["trusted_checks"] = _Decided({name: Verdict("failed", UNANSWERED) for name in names})
+            resources["nbgrader"]["trusted_checks"] = _Decided({name: Verdict("failed", UNANSWERED, rule="answered") for name in names})
             return nb, resources
         cuda = grading_on_cuda() if self.cuda_available is None else self.cuda_available
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="trusted-checks")
@@ -282,7 +283,17 @@ def verdict_outputs(name, verdict):
         return [new_output("stream", name="stdout", text=f"… hidden check {name}: pending. {verdict.message}\n")]
     lines = verdict.message.splitlines() or ["failed"]
     return [new_output("error", ename="HiddenCheckFailed", evalue=f"{name}: {lines[0]}",
-                       traceback=[f"HiddenCheckFailed: {name}"] + lines)]
+                       traceback=[f"HiddenCheckFailed: {name}", rule_line(verdict.rule)] + lines)]
+
+
+RULE_LINE = re.compile(r"^The rule: (?P<sentence>.*) \[(?P<rule>[a-z0-9-]+)\]$")
+
+
+def rule_line(rule):
+    """The line of a failed check's output that names the rule broken (the report reads it back with
+    RULE_LINE, from hidden-check cells only, whose outputs only this module writes)."""
+    rule = rule or "contract"
+    return f"The rule: {sentence(rule)} [{rule}]"
 
 
 class RecordPendingChecks(NbGraderPreprocessor):

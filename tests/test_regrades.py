@@ -89,7 +89,7 @@ def test_regrade_decides_one_check_again_and_nothing_else(course):
     check = course / "autograder" / "checks" / "attention.py"
     original = check.read_text()
     marker = "def attention_gradients(student):\n"
-    check.write_text(original.replace(marker, marker + '    raise CheckFailed("the check was changed")\n'))
+    check.write_text(original.replace(marker, marker + '    raise CheckFailed("contract", "the check was changed")\n'))
     try:
         result = make(course, "regrade", "CHECK=attention_gradients")
     finally:

@@ -132,7 +132,8 @@ def test_progress_shows_counts_as_submissions_finish_and_ends_with_the_summary(o
     assert counts == list(range(1, total + 1)), output
     assert re.search(r"about \d+ s left", output)
     assert "\x1b" not in output and "\r" not in output, "no terminal control codes when stdout is not a terminal"
-    assert output.rstrip().splitlines()[-1].startswith(f"graded {total} submission(s) in "), output[-2000:]
+    last = output.rstrip().splitlines()[-2:]
+    assert last[0].startswith(f"graded {total} submission(s) in ") and "make report" in last[1], output[-2000:]
 
 
 def test_a_postgresql_gradebook_holds_exactly_the_grades_sqlite_holds(server, on_sqlite, tmp_path):

@@ -21,10 +21,18 @@ from hypothesis.errors import Flaky, HypothesisException
 
 from ..student import StudentUnresponsive
 from ..time_budget import check_deadline
+from .rules import RULES
 
 
 class CheckFailed(AssertionError):
-    """The student's code did something the contract forbids. The message is for the student."""
+    """The student's code did something the contract forbids: `rule` is the id of the rule it broke
+    (rules.RULES; the instructor's report counts failures by it), the message is for the student."""
+
+    def __init__(self, rule, message):
+        if rule not in RULES:
+            raise ValueError(f"a check failed with the rule {rule!r}, which rules.RULES does not have")
+        super().__init__(message)
+        self.rule = rule
 
 
 class NeedsTA(Exception):
@@ -49,6 +57,7 @@ class Verdict:
     status: str  # "passed", "failed" or "pending"
     message: str = ""
     flagged: bool = False  # pending because a TA must look at the code (see NeedsTA)
+    rule: str = ""  # a failed verdict: the id of the rule that was broken (rules.RULES)
 
 
 REGISTRY: dict[str, Check] = {}
@@ -72,12 +81,12 @@ def check(name, notebook, *, points, grades, shown_by, gpu=False, family=None):
     return register
 
 
-def void_family(student, family, message):
+def void_family(student, family, rule, message):
     """Fail every check of `family` for this student (e.g. attention that calls PyTorch's own)."""
     if not hasattr(student, "voided"):
         student.voided = {}
-    student.voided.setdefault(family, message)
-    raise CheckFailed(message)
+    student.voided.setdefault(family, (rule, message))
+    raise CheckFailed(rule, message)
 
 
 def run_checks(names, student, cuda_available=None):
@@ -90,7 +99,8 @@ def run_checks(names, student, cuda_available=None):
     for name in names:
         family = REGISTRY[name].family if name in REGISTRY else None
         if family in voided and verdicts[name].status == "passed":
-            verdicts[name] = Verdict("failed", voided[family])
+            rule, message = voided[family]
+            verdicts[name] = Verdict("failed", message, rule=rule)
         elif family in flagged and verdicts[name].status == "passed":
             # what passed may have passed because a defence was switched off: a TA decides
             verdicts[name] = Verdict("pending", flagged[family], flagged=True)
@@ -114,14 +124,14 @@ def run_check(name, student, cuda_available=None):
     try:
         registered.run(student)
     except CheckFailed as failure:
-        return Verdict("failed", str(failure))
+        return Verdict("failed", str(failure), rule=failure.rule)
     except NeedsTA as flagged:
         return Verdict("pending", str(flagged), flagged=True)
     except StudentUnresponsive as gone:
-        return Verdict("failed", f"Your code could not be checked: {gone}")
+        return Verdict("failed", f"Your code could not be checked: {gone}", rule="answers-in-time")
     except Flaky as flaky:
         return Verdict("failed", "your code gave different results for the same input "
-                                 f"(it must be deterministic): {_first_line(flaky)}")
+                                 f"(it must be deterministic): {_first_line(flaky)}", rule="deterministic")
     except HypothesisException as err:
         return Verdict("pending", f"the grader could not finish this check ({_first_line(err)}); "
                                   "a TA will look at it")

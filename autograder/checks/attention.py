@@ -34,10 +34,10 @@ def refuse_ready_made_attention(student, outcome=None):
     if student.forbidden_findings:
         where = "; ".join(f"{word} (in your cell '{cell}', line {line})"
                           for cell, line, word in student.forbidden_findings[:5])
-        void_family(student, "attention", f"your code uses ready-made attention, which this assignment asks you "
+        void_family(student, "attention", "no-ready-made-attention", f"your code uses ready-made attention, which this assignment asks you "
                                           f"to build yourself: {where}. No attention check can pass.")
     if outcome is not None and outcome.fused:
-        void_family(student, "attention", f"your attention() ran PyTorch's ready-made attention "
+        void_family(student, "attention", "no-ready-made-attention", f"your attention() ran PyTorch's ready-made attention "
                                           f"({', '.join(outcome.fused[:3])}); build it from matmul and softmax "
                                           f"yourself. No attention check can pass.")
 
@@ -56,12 +56,30 @@ def expected_for(case, mask=None):
                             case.scale, dtype=case.Q.dtype)
 
 
+def expect_attention_close(case, output, weights, call_text):
+    """Output and weights match the float64 reference. Weights that are what attention gives without the
+    1/sqrt(d_k) scale break that rule, by name (the report counts it apart)."""
+    (ref_out, out_tol), (ref_weights, weights_tol) = expected_for(case)
+    try:
+        expect_close(weights, ref_weights, weights_tol, "weights", call_text)
+        expect_close(output, ref_out, out_tol, "output", call_text)
+    except CheckFailed as failure:
+        if case.scale and case.Q.shape[-1] > 1 and failure.rule == "matches-reference":
+            unscaled = AttentionCase(case.Q, case.K, case.V, case.mask, False, case.seed)
+            (_, _), (plain_weights, plain_tol) = expected_for(unscaled)
+            try:
+                expect_close(weights, plain_weights, plain_tol, "weights", call_text)
+            except CheckFailed:
+                raise failure from None
+            raise CheckFailed("scaled-by-sqrt-dk", f"{failure}\n  (these are the weights of unscaled scores: "
+                                                   f"divide the scores by sqrt(d_k))") from None
+        raise
+
+
 def expect_matches_reference(student, case):
     call_text = case.describe()
     output, weights = expect_pair(call_attention(student, case), call_text)
-    (ref_out, out_tol), (ref_weights, weights_tol) = expected_for(case)
-    expect_close(weights, ref_weights, weights_tol, "weights", call_text)
-    expect_close(output, ref_out, out_tol, "output", call_text)
+    expect_attention_close(case, output, weights, call_text)
     return output, weights
 
 
@@ -139,11 +157,11 @@ def expect_gradients_match(student, case, rows=None):
     outcome = call_attention(student, case, grad=(0, 1, 2), grad_outputs=[g_out, g_weights])
     output, weights = expect_pair(outcome, call_text)
     if not (output.has_grad_fn or output.requires_grad):
-        raise CheckFailed(f"{call_text}\n  the output is not connected to Q, K and V: no gradient can flow "
+        raise CheckFailed("gradients-flow", f"{call_text}\n  the output is not connected to Q, K and V: no gradient can flow "
                           f"(did you use .detach(), .numpy() or torch.no_grad()?)")
     if outcome.backward_raised:
         kind, message = outcome.backward_raised
-        raise CheckFailed(f"{call_text}\n  backward() raised {kind}: {message}")
+        raise CheckFailed("gradients-flow", f"{call_text}\n  backward() raised {kind}: {message}")
     _, _, ref_grads = reference_with_grads(case.Q, case.K, case.V, case.mask, case.scale, g_out, g_weights)
     _, _, low_grads = reference_with_grads(case.Q, case.K, case.V, case.mask, case.scale, g_out, g_weights,
                                            dtype=case.Q.dtype)
@@ -151,12 +169,12 @@ def expect_gradients_match(student, case, rows=None):
         if got is None and bool((ref == 0).all()):
             continue  # PyTorch leaves .grad None where the true gradient is zero: both are right
         if got is None:
-            raise CheckFailed(f"{call_text}\n  {name} is None: no gradient reached {name[0]}")
+            raise CheckFailed("gradients-flow", f"{call_text}\n  {name} is None: no gradient reached {name[0]}")
         got = expect_tensor(got, name, call_text)
         expect_finite(got, name, call_text)
         if rows is not None and name == "Q.grad":
             expect_exactly_zero(got, rows, name, call_text, "the fully masked query rows")
-        expect_close(got, ref, tolerance_for(case.Q.dtype, ref, low), name, call_text)
+        expect_close(got, ref, tolerance_for(case.Q.dtype, ref, low), name, call_text, rule="gradients-match-reference")
 
 
 @check("attention_fully_masked_rows", NOTEBOOK, points=8, grades="attention",
@@ -258,14 +276,14 @@ def attention_rejects_bad_inputs(student):
         call_text = bad.describe() + f"  ({fault})"
         outcome = call_attention(student, bad)
         if outcome.raised is None:
-            raise CheckFailed(f"{call_text}\n  returned {what(outcome.value)}; expected a ValueError")
+            raise CheckFailed("rejects-bad-input", f"{call_text}\n  returned {what(outcome.value)}; expected a ValueError")
         kind, message = outcome.raised
         if kind != "ValueError":
-            raise CheckFailed(f"{call_text}\n  raised {kind}: {message}\n  expected a ValueError whose message "
+            raise CheckFailed("rejects-bad-input", f"{call_text}\n  raised {kind}: {message}\n  expected a ValueError whose message "
                               f"names the shapes")
         missing = [list(s) for s in shapes if not shape_mentioned(message, s)]
         if missing:
-            raise CheckFailed(f"{call_text}\n  raised ValueError: {message}\n  the message should name the "
+            raise CheckFailed("error-names-shapes", f"{call_text}\n  raised ValueError: {message}\n  the message should name the "
                               f"shape(s) {missing}")
 
     rejects()
@@ -306,17 +324,15 @@ def attention_keeps_dtype_and_inputs(student):
         wanted = str(dtype).replace("torch.", "")
         for name, got in (("output", output), ("weights", weights)):
             if got.dtype != wanted:
-                raise CheckFailed(f"{call_text}\n  returned {name} of dtype {got.dtype}; with {wanted} inputs it "
+                raise CheckFailed("keeps-dtype", f"{call_text}\n  returned {name} of dtype {got.dtype}; with {wanted} inputs it "
                                   f"must be {wanted}")
             if got.device != "cpu":
-                raise CheckFailed(f"{call_text}\n  returned {name} on device {got.device}; the inputs are on cpu")
+                raise CheckFailed("keeps-device", f"{call_text}\n  returned {name} on device {got.device}; the inputs are on cpu")
         changed = [name for name, modified in zip(("Q", "K", "V", "mask"), outcome.inputs_modified) if modified]
         if changed:
-            raise CheckFailed(f"{call_text}\n  modified its input(s) {', '.join(changed)} in place; attention "
+            raise CheckFailed("inputs-untouched", f"{call_text}\n  modified its input(s) {', '.join(changed)} in place; attention "
                               f"must leave its inputs untouched")
-        (ref_out, out_tol), (ref_weights, weights_tol) = expected_for(case)
-        expect_close(weights, ref_weights, weights_tol, "weights", call_text)
-        expect_close(output, ref_out, out_tol, "output", call_text)
+        expect_attention_close(case, output, weights, call_text)
 
     keeps()
 
@@ -368,19 +384,19 @@ def _mask_check(student, function, keep):
             expect_no_error(outcome, call_text)
             mask = expect_tensor(outcome.value, "the mask", call_text)
             if mask.dtype != "float32":
-                raise CheckFailed(f"{call_text}\n  returned a mask of dtype {mask.dtype}; expected float32")
+                raise CheckFailed("mask-float32", f"{call_text}\n  returned a mask of dtype {mask.dtype}; expected float32")
             expect_shape(mask, (n, n), "the mask", call_text)
             got = torch.from_numpy(mask.array.astype(np.float64))
             if not torch.equal(got, expected):
                 where = tuple(int(x) for x in (got != expected).nonzero()[0])
-                raise CheckFailed(f"{call_text}\n  returned mask{list(where)} = {got[where].item()}; expected "
+                raise CheckFailed("mask-values", f"{call_text}\n  returned mask{list(where)} = {got[where].item()}; expected "
                                   f"{expected[where].item()} (row = query i, column = key j)")
         call_text = f"{function}({n}, device='meta')"
         outcome = student.call(function, n, device="meta")
         expect_no_error(outcome, call_text)
         mask = expect_tensor(outcome.value, "the mask", call_text)
         if mask.device != "meta" or mask.dtype != "float32" or tuple(mask.shape) != (n, n):
-            raise CheckFailed(f"{call_text}\n  returned a {mask.dtype} mask of shape {list(mask.shape)} on "
+            raise CheckFailed("mask-on-device", f"{call_text}\n  returned a {mask.dtype} mask of shape {list(mask.shape)} on "
                               f"{mask.device}; expected float32 [{n}, {n}] on meta (build it on `device`)")
 
     builds()

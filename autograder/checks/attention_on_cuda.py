@@ -26,14 +26,14 @@ def device_hint(outcome, call_text):
     """A device mix-up gets a message that says what to fix."""
     if outcome.raised and "device" in outcome.raised[1].lower():
         kind, message = outcome.raised
-        raise CheckFailed(f"{call_text} on CUDA\n  raised {kind}: {message}\n  Your code builds a tensor on the CPU "
+        raise CheckFailed("stays-on-cuda", f"{call_text} on CUDA\n  raised {kind}: {message}\n  Your code builds a tensor on the CPU "
                           f"inside attention() (torch.tensor, torch.zeros, a mask, a fill value ...): create it with "
                           f"device=Q.device, or use *_like functions.")
 
 
 def expect_on_cuda(value, name, call_text):
     if not value.device.startswith(GPU_DEVICE):
-        raise CheckFailed(f"{call_text} on CUDA\n  returned {name} on {value.device}; it must stay on the inputs' "
+        raise CheckFailed("stays-on-cuda", f"{call_text} on CUDA\n  returned {name} on {value.device}; it must stay on the inputs' "
                           f"device (cuda)")
 
 
@@ -66,10 +66,10 @@ def cuda_attention_matches(student):
         expect_close(output, ref_out, out_tol, "output", call_text + " on CUDA")
         if grad:
             if outcome.backward_raised:
-                raise CheckFailed(f"{call_text} on CUDA, then backward()\n  raised {': '.join(outcome.backward_raised)}")
+                raise CheckFailed("gradients-flow", f"{call_text} on CUDA, then backward()\n  raised {': '.join(outcome.backward_raised)}")
             for name, got in zip(("Q.grad", "K.grad", "V.grad"), outcome.grads):
                 if got is not None and not bool(np.isfinite(expect_tensor(got, name, call_text).array).all()):
-                    raise CheckFailed(f"{call_text} on CUDA, then backward()\n  {name} has inf or NaN entries")
+                    raise CheckFailed("finite", f"{call_text} on CUDA, then backward()\n  {name} has inf or NaN entries")
 
     agrees_on_cuda()
 
@@ -90,7 +90,7 @@ def cuda_causal_mask(student):
         i, j = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
         expected = np.where(j <= i, 0.0, -np.inf)
         if mask.dtype != "float32" or not np.array_equal(mask.array.astype(np.float64), expected):
-            raise CheckFailed(f"{call_text}\n  returned a {mask.dtype} mask that is not 0 on and below the diagonal "
+            raise CheckFailed("mask-values", f"{call_text}\n  returned a {mask.dtype} mask that is not 0 on and below the diagonal "
                               f"and -inf above it")
 
     builds_on_cuda()

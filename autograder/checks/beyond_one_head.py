@@ -41,7 +41,7 @@ def exactly(got, expected, name, call_text):
     actual = torch.from_numpy(got.array.astype(np.float64))
     if not torch.equal(actual, expected.to(torch.float64)):
         where = tuple(int(i) for i in (actual != expected.to(torch.float64)).nonzero()[0])
-        raise CheckFailed(f"{call_text}\n  returned {name}{list(where)} = {actual[where].item():.6g}; expected "
+        raise CheckFailed("matches-reference", f"{call_text}\n  returned {name}{list(where)} = {actual[where].item():.6g}; expected "
                           f"{expected[where].item():.6g}")
 
 
@@ -75,7 +75,7 @@ def split_merge_heads(student):
         outcome = student.call("split_heads", torch.zeros(shape), heads)
         expect_value_error(outcome, call_text, f"a last dimension of {shape[-1]} that does not divide into {heads} heads")
         if not shape_mentioned(outcome.raised[1], shape):
-            raise CheckFailed(f"{call_text}\n  raised ValueError({outcome.raised[1]!r}), which does not name the "
+            raise CheckFailed("error-names-shapes", f"{call_text}\n  raised ValueError({outcome.raised[1]!r}), which does not name the "
                               f"shape {list(shape)}")
 
 
@@ -180,7 +180,7 @@ def multi_head_attention_rejects_bad_inputs(student):
         outcome = student.call("multi_head_attention", *args, **kwargs)
         expect_value_error(outcome, call_text, what_is_wrong)
         if shape is not None and not shape_mentioned(outcome.raised[1], shape):
-            raise CheckFailed(f"{call_text}\n  raised ValueError({outcome.raised[1]!r}), which does not name the "
+            raise CheckFailed("error-names-shapes", f"{call_text}\n  raised ValueError({outcome.raised[1]!r}), which does not name the "
                               f"shape {list(shape)} that is wrong")
 
 
@@ -238,7 +238,7 @@ def dropout_scales_survivors(student):
         kept = dropped != 0
         n, n_kept = kept.numel(), int(kept.sum())
         if abs(n_kept - n * (1 - p)) > binomial_bound(n, p):
-            raise CheckFailed(f"{call_text}\n  kept {n_kept} of {n} weights; with p = {p} about {n * (1 - p):.0f} "
+            raise CheckFailed("dropout", f"{call_text}\n  kept {n_kept} of {n} weights; with p = {p} about {n * (1 - p):.0f} "
                               f"(within {binomial_bound(n, p):.0f}) should survive")
         scaled = ref_weights / (1 - p)
         tol = tolerance_for(FLOAT32, scaled)
@@ -258,13 +258,13 @@ def expect_independent_drops(call_text, kept, kept_other_seed, p):
     agree = float((kept == kept_other_seed).mean())
     expected_agree = p * p + (1 - p) * (1 - p)
     if abs(agree - expected_agree) > 5 * math.sqrt(expected_agree * (1 - expected_agree) / kept.size):
-        raise CheckFailed(f"{call_text}\n  and the same call with seed 12 keep the same weights {agree:.0%} of the "
+        raise CheckFailed("dropout", f"{call_text}\n  and the same call with seed 12 keep the same weights {agree:.0%} of the "
                           f"time; two independent draws agree about {expected_agree:.0%} of the time. Drop each "
                           f"weight on its own: torch.rand(..., generator=generator) >= p")
     both = float((rows[:, 1:] & rows[:, :-1]).mean())
     expected_both = (1 - p) ** 2
     if abs(both - expected_both) > 5 * math.sqrt(expected_both * (1 - expected_both) / rows[:, 1:].size):
-        raise CheckFailed(f"{call_text}\n  keeps both of two neighbouring weights {both:.0%} of the time; independent "
+        raise CheckFailed("dropout", f"{call_text}\n  keeps both of two neighbouring weights {both:.0%} of the time; independent "
                           f"drops keep both about {expected_both:.0%} of the time: the dropped weights follow a "
                           f"pattern. Drop each weight on its own: torch.rand(..., generator=generator) >= p")
     for axis, line in ((1, "row"), (0, "column")):
@@ -272,7 +272,7 @@ def expect_independent_drops(call_text, kept, kept_other_seed, p):
         n = rows.shape[axis]
         ratio = counts.var(ddof=1) / (n * p * (1 - p))
         if not 0.15 <= ratio <= 3.0:  # a binomial's sample variance over 16 or 64 counts: beyond 5 sigma
-            raise CheckFailed(f"{call_text}\n  the number of weights kept per {line} varies {ratio:.2f} times as "
+            raise CheckFailed("dropout", f"{call_text}\n  the number of weights kept per {line} varies {ratio:.2f} times as "
                               f"much as independent drops would ({counts.min():.0f} to {counts.max():.0f} of {n}): "
                               f"the dropped weights follow a pattern. Drop each weight on its own: "
                               f"torch.rand(..., generator=generator) >= p")
@@ -288,10 +288,10 @@ def dropout_is_seeded_and_checks_p(student):
         output, weights = expect_pair(outcome, call_text)
         results.append((call_text, weights.array))
     if not np.array_equal(results[0][1], results[1][1]):
-        raise CheckFailed(f"{results[0][0]}\n  gave different weights on two calls with the same seed; draw the "
+        raise CheckFailed("dropout", f"{results[0][0]}\n  gave different weights on two calls with the same seed; draw the "
                           f"random numbers with the generator you are given")
     if np.array_equal(results[0][1], results[2][1]):
-        raise CheckFailed(f"{results[2][0]}\n  gave the same weights as seed 11; the generator must decide what is "
+        raise CheckFailed("dropout", f"{results[2][0]}\n  gave the same weights as seed 11; the generator must decide what is "
                           f"dropped")
     expect_independent_drops(results[0][0], results[0][1] != 0, results[2][1] != 0, p=0.3)
     for p in (-0.1, 1.5):
@@ -392,9 +392,9 @@ def expect_within(student, function, args, kwargs, call_text, intermediate, what
     output = expect_tensor(outcome.value, "output", call_text)
     bound = 2 * max(max(t.numel() for t in args if isinstance(t, torch.Tensor)), output.elements, intermediate)
     if outcome.largest_tensor is None:
-        raise CheckFailed(f"{call_text}\n  the grader could not watch this call's tensors")
+        raise CheckFailed("contract", f"{call_text}\n  the grader could not watch this call's tensors")
     if outcome.largest_tensor > bound:
-        raise CheckFailed(f"{call_text}\n  created a tensor of {outcome.largest_tensor:,} numbers; {what_bound} allows "
+        raise CheckFailed("memory-grows-as-expected", f"{call_text}\n  created a tensor of {outcome.largest_tensor:,} numbers; {what_bound} allows "
                           f"about {bound:,} (a full [L, S] score matrix here is "
                           f"{args[0].shape[-2] * args[1].shape[-2]:,})")
 
@@ -473,7 +473,7 @@ def new_cache(student, max_len, batch, num_kv_heads, d_head):
     outcome = student.call("KVCache", max_len, batch, num_kv_heads, d_head, keep=True)
     expect_no_error(outcome, call_text)
     if outcome.handle is None:
-        raise CheckFailed(f"{call_text}\n  could not be kept for the next calls")
+        raise CheckFailed("contract", f"{call_text}\n  could not be kept for the next calls")
     return outcome.handle, f"cache = {call_text}"
 
 
@@ -481,7 +481,7 @@ def expect_length(student, cache, expected, story):
     outcome = student.method(cache, "__len__")
     expect_no_error(outcome, f"{story}\nlen(cache)")
     if outcome.value != expected:
-        raise CheckFailed(f"{story}\nlen(cache)\n  returned {outcome.value!r}; the cache holds {expected} positions")
+        raise CheckFailed("kv-cache", f"{story}\nlen(cache)\n  returned {outcome.value!r}; the cache holds {expected} positions")
 
 
 def append(student, cache, k, v, story, trace=False):
@@ -519,7 +519,7 @@ def kv_cache_overflow_keeps_the_cache(student):
     expect_value_error(outcome, story_overflow, "writing 2 positions after 5 of max_len = 6")
     message = outcome.raised[1]
     if "6" not in message or not ("7" in message or "2" in message):
-        raise CheckFailed(f"{story_overflow}\n  raised ValueError({message!r}); name both sizes: max_len = 6 and the "
+        raise CheckFailed("error-names-shapes", f"{story_overflow}\n  raised ValueError({message!r}); name both sizes: max_len = 6 and the "
                           f"7 positions (or the 2 more) that were asked for")
     expect_length(student, cache, 5, story_overflow + "  (it raised)")
     last_k, last_v = random_values(3, (1, 2, 1, 2)), random_values(4, (1, 2, 1, 2))
@@ -541,9 +541,9 @@ def kv_cache_allocates_once(student):
                                   random_values(98, (B, H_kv, 1, d)), story, trace=True)
     chunk = B * H_kv * 1 * d
     if outcome.largest_tensor is None:
-        raise CheckFailed(f"{story}\n  the grader could not watch this call's tensors")
+        raise CheckFailed("contract", f"{story}\n  the grader could not watch this call's tensors")
     if outcome.largest_tensor > 4 * chunk:
-        raise CheckFailed(f"{story}\n  allocated a new tensor of {outcome.largest_tensor:,} numbers to append "
+        raise CheckFailed("kv-cache", f"{story}\n  allocated a new tensor of {outcome.largest_tensor:,} numbers to append "
                           f"{chunk} (one position); write into the buffers made in __init__, in place")
 
 
@@ -620,7 +620,7 @@ def fit_exponent_on_power_laws(student):
         expected = reference_exponent(xs, ys)
         if type(outcome.value) not in (int, float) or not math.isclose(outcome.value, expected, rel_tol=1e-4,
                                                                        abs_tol=1e-6):  # float32 fits are fine
-            raise CheckFailed(f"{call_text}\n  returned {outcome.value!r}; the least-squares slope of (ln x, ln y) "
+            raise CheckFailed("memory-grows-as-expected", f"{call_text}\n  returned {outcome.value!r}; the least-squares slope of (ln x, ln y) "
                               f"is {expected:.6g}, as a Python float")
 
     agrees()
@@ -653,19 +653,19 @@ def profile_table_and_memory_column(student):
     rows = outcome.value
     expected_keys = [(name, L) for name in LAB_IMPLEMENTATIONS for L in LAB_SEQ_LENS]
     if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
-        raise CheckFailed(f"{call_text}\n  returned {what(rows)}; expected a list of dicts, one per (name, L)")
+        raise CheckFailed("experiment-complete", f"{call_text}\n  returned {what(rows)}; expected a list of dicts, one per (name, L)")
     got_keys = [(r.get("name"), r.get("seq_len")) for r in rows]
     if got_keys != expected_keys:
-        raise CheckFailed(f"{call_text}\n  returned rows for {got_keys}; expected one per implementation and length, "
+        raise CheckFailed("experiment-complete", f"{call_text}\n  returned rows for {got_keys}; expected one per implementation and length, "
                           f"in order: {expected_keys}")
     for row in rows:
         seconds, peak = row.get("seconds"), row.get("peak_elements")
         if not isinstance(seconds, float) or not seconds > 0 or not math.isfinite(seconds) or type(peak) is not int:
-            raise CheckFailed(f"{call_text}\n  row {row}: seconds must be a positive float (a Python float, not a "
+            raise CheckFailed("contract", f"{call_text}\n  row {row}: seconds must be a positive float (a Python float, not a "
                               f"tensor) and peak_elements an int")
         made = LAB_IMPLEMENTATIONS[row["name"]].numbers(row["seq_len"], LAB_D_K)
         if peak != made:
-            raise CheckFailed(f"{call_text}\n  row {row}: one call of {row['name']!r} at L = {row['seq_len']} "
+            raise CheckFailed("contract", f"{call_text}\n  row {row}: one call of {row['name']!r} at L = {row['seq_len']} "
                               f"creates a tensor of {made:,} numbers, and the table says {peak:,}: measure each "
                               f"call with largest_new_tensor")
 

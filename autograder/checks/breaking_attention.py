@@ -69,7 +69,7 @@ def mask_from(student, function):
     expect_no_error(outcome, call_text)
     mask = outcome.value
     if not isinstance(mask, Returned) or mask.array is None or tuple(mask.shape) != (MODEL_SEQ_LEN, MODEL_SEQ_LEN):
-        raise CheckFailed(f"{call_text}\n  returned {what(mask)}; expected a [{MODEL_SEQ_LEN}, {MODEL_SEQ_LEN}] tensor "
+        raise CheckFailed("shape", f"{call_text}\n  returned {what(mask)}; expected a [{MODEL_SEQ_LEN}, {MODEL_SEQ_LEN}] tensor "
                           f"(paste your masks from Notebook 1)")
     values = torch.from_numpy(mask.array)
     return values if values.dtype == torch.bool else values.to(torch.float64)
@@ -105,7 +105,7 @@ def masks_steer_what_a_model_sees(student):
         if len(wrong):
             i, j = (int(v) for v in wrong[0])
             verb = "changes" if sees[i, j] else "does not change"
-            raise CheckFailed(f"with your {function}({MODEL_SEQ_LEN}) in an attention layer, output {i} {verb} when "
+            raise CheckFailed("mask-values", f"with your {function}({MODEL_SEQ_LEN}) in an attention layer, output {i} {verb} when "
                               f"input {j} changes; output i must see {rule}")
 
 
@@ -121,23 +121,23 @@ def scaling_table(student, args=SCALING_ARGS):
     expect_no_error(outcome, call_text)
     table = outcome.value
     if not isinstance(table, (list, tuple)) or not all(isinstance(row, dict) for row in table):
-        raise CheckFailed(f"{call_text}\n  returned {what(table)}; expected a list of dicts, one row per (d_k, scaled)")
+        raise CheckFailed("experiment-complete", f"{call_text}\n  returned {what(table)}; expected a list of dicts, one row per (d_k, scaled)")
     rows = {}
     for row in table:
         key = (row.get("d_k"), row.get("scaled"))
         if type(key[0]) is not int or type(key[1]) is not bool:
-            raise CheckFailed(f"{call_text}\n  a row has d_k = {what(key[0])} and scaled = {what(key[1])}; "
+            raise CheckFailed("experiment-complete", f"{call_text}\n  a row has d_k = {what(key[0])} and scaled = {what(key[1])}; "
                               f"expected an int and a bool")
         for name in TOLERANCE:
             if type(row.get(name)) is not float or not math.isfinite(row[name]):
-                raise CheckFailed(f"{call_text}\n  the row for d_k={key[0]}, scaled={key[1]} has {name} = "
+                raise CheckFailed("experiment-complete", f"{call_text}\n  the row for d_k={key[0]}, scaled={key[1]} has {name} = "
                                   f"{what(row.get(name))}; expected a finite Python float")
         if key in rows:
-            raise CheckFailed(f"{call_text}\n  two rows are for d_k={key[0]}, scaled={key[1]}")
+            raise CheckFailed("experiment-complete", f"{call_text}\n  two rows are for d_k={key[0]}, scaled={key[1]}")
         rows[key] = row
     expected = {(d_k, scaled) for d_k in args["d_k_values"] for scaled in (False, True)}
     if set(rows) != expected:
-        raise CheckFailed(f"{call_text}\n  the table has rows for {sorted(rows)}; expected one for each of "
+        raise CheckFailed("experiment-complete", f"{call_text}\n  the table has rows for {sorted(rows)}; expected one for each of "
                           f"{sorted(expected)}")
     return rows
 
@@ -147,11 +147,11 @@ def scaling_table(student, args=SCALING_ARGS):
 def scaling_table_is_complete_and_repeatable(student):
     first = scaling_table(student)
     if scaling_table(student) != first:
-        raise CheckFailed(f"{scaling_call_text()}\n  gave a different table the second time; make every random "
+        raise CheckFailed("experiment-repeatable", f"{scaling_call_text()}\n  gave a different table the second time; make every random "
                           f"tensor from a torch.Generator seeded with `seed`")
     reseeded = dict(SCALING_ARGS, seed=SCALING_ARGS["seed"] + 1)
     if scaling_table(student, reseeded) == first:
-        raise CheckFailed(f"{scaling_call_text(reseeded)}\n  gave exactly the table of seed={SCALING_ARGS['seed']}; "
+        raise CheckFailed("experiment-repeatable", f"{scaling_call_text(reseeded)}\n  gave exactly the table of seed={SCALING_ARGS['seed']}; "
                           f"the statistics must come from random Q and K drawn with the generator seeded by `seed`")
 
 
@@ -169,7 +169,7 @@ def scaling_trends_match_the_lesson(student):
             expected = expected_statistics(d_k, scaled, args["seq_len"])
             for name, (rel, abs_) in TOLERANCE.items():
                 if not math.isclose(row[name], expected[name], rel_tol=rel, abs_tol=abs_):
-                    raise CheckFailed(f"{scaling_call_text(args)}\n  for d_k={d_k}, scaled={scaled}: {name} = "
+                    raise CheckFailed("experiment-shows-the-lesson", f"{scaling_call_text(args)}\n  for d_k={d_k}, scaled={scaled}: {name} = "
                                       f"{row[name]:.4g}, but {STATISTIC_WORDS[name]} of random Q, K ~ N(0, 1) is "
                                       f"about {expected[name]:.4g} (within {max(abs_, rel * abs(expected[name])):.2g})")
 
@@ -195,15 +195,15 @@ def masking_results(student, steps, seed, corpus=CHECK_CORPUS):
     results = outcome.value
     if not isinstance(results, dict) or set(results) != set(MODELS):
         got = sorted(results) if isinstance(results, dict) else what(results)
-        raise CheckFailed(f"{call_text}\n  returned {got}; expected a dict with the keys {list(MODELS)}")
+        raise CheckFailed("experiment-complete", f"{call_text}\n  returned {got}; expected a dict with the keys {list(MODELS)}")
     for model in MODELS:
         entry = results[model]
         fields = {"train_loss": float, "honest_loss": float, "sample": str}
         if not isinstance(entry, dict) or any(type(entry.get(k)) is not t for k, t in fields.items()):
-            raise CheckFailed(f"{call_text}\n  results[{model!r}] is {what(entry)}; expected a dict with a float "
+            raise CheckFailed("experiment-complete", f"{call_text}\n  results[{model!r}] is {what(entry)}; expected a dict with a float "
                               f"train_loss, a float honest_loss and a str sample")
         if not (math.isfinite(entry["train_loss"]) and math.isfinite(entry["honest_loss"])):
-            raise CheckFailed(f"{call_text}\n  results[{model!r}] has a loss that is not finite: {entry}")
+            raise CheckFailed("finite", f"{call_text}\n  results[{model!r}] has a loss that is not finite: {entry}")
     return call_text, results
 
 
@@ -217,7 +217,7 @@ def compare_masking_shows_the_cheaters(student):
     call_text, results = masking_results(student, CHECK_STEPS, CHECK_SEED)
     short_text, short = masking_results(student, REPEAT_STEPS, CHECK_SEED)
     if results["causal"]["train_loss"] > short["causal"]["train_loss"] - TRAINING_PROGRESS:
-        raise CheckFailed(f"{call_text}\n  the causal model's training loss is {results['causal']['train_loss']:.3f} "
+        raise CheckFailed("experiment-shows-the-lesson", f"{call_text}\n  the causal model's training loss is {results['causal']['train_loss']:.3f} "
                           f"after {CHECK_STEPS} steps and {short['causal']['train_loss']:.3f} after {REPEAT_STEPS} "
                           f"(from {short_text}); training for longer must lower it: train the model for `steps` steps")
     losses = {m: (round(results[m]["train_loss"], 3), round(results[m]["honest_loss"], 3)) for m in MODELS}
@@ -225,15 +225,15 @@ def compare_masking_shows_the_cheaters(student):
     causal = results["causal"]
     uniform = math.log(len(set(check_corpus())))
     if causal["honest_loss"] >= uniform:
-        raise CheckFailed(f"{call_text}\n  the causal model's honest loss {causal['honest_loss']:.3f} is no better "
+        raise CheckFailed("experiment-shows-the-lesson", f"{call_text}\n  the causal model's honest loss {causal['honest_loss']:.3f} is no better "
                           f"than guessing uniformly (ln {len(set(check_corpus()))} = {uniform:.3f}); it did not "
                           f"learn\n{summary}")
     for cheater in ("none", "reverse"):
         if results[cheater]["train_loss"] > causal["train_loss"] - CHEAT_MARGIN:
-            raise CheckFailed(f"{call_text}\n  the {cheater!r} model's training loss is not far below the causal "
+            raise CheckFailed("experiment-shows-the-lesson", f"{call_text}\n  the {cheater!r} model's training loss is not far below the causal "
                               f"model's: with that mask it should see the next character and copy it\n{summary}")
         if results[cheater]["honest_loss"] < causal["honest_loss"] + HONEST_MARGIN:
-            raise CheckFailed(f"{call_text}\n  the {cheater!r} model's honest loss is not far above the causal "
+            raise CheckFailed("experiment-shows-the-lesson", f"{call_text}\n  the {cheater!r} model's honest loss is not far above the causal "
                               f"model's: the honest test must give every model the causal mask (no peeking at "
                               f"the future) on text it was not trained on\n{summary}")
 
@@ -244,10 +244,10 @@ def compare_masking_is_repeatable(student):
     call_text, first = masking_results(student, REPEAT_STEPS, CHECK_SEED)
     _, second = masking_results(student, REPEAT_STEPS, CHECK_SEED)
     if first != second:
-        raise CheckFailed(f"{call_text}\n  gave different results the second time; seed the model's initial weights "
+        raise CheckFailed("experiment-repeatable", f"{call_text}\n  gave different results the second time; seed the model's initial weights "
                           f"(torch.manual_seed) and the batches (a torch.Generator) from `seed`")
     for other_text, other in (masking_results(student, REPEAT_STEPS, CHECK_SEED + 1),
                               masking_results(student, REPEAT_STEPS, CHECK_SEED, OTHER_CORPUS)):
         if losses(other) == losses(first):
-            raise CheckFailed(f"{other_text}\n  gave exactly the losses of {call_text}; another seed or another "
+            raise CheckFailed("experiment-repeatable", f"{other_text}\n  gave exactly the losses of {call_text}; another seed or another "
                               f"text must give other numbers: train on `text`, with `seed`")

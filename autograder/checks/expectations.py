@@ -28,19 +28,19 @@ def what(value):
 def expect_no_error(outcome, call_text):
     if outcome.raised:
         kind, message = outcome.raised
-        raise CheckFailed(f"{call_text}\n  raised {kind}: {message}")
+        raise CheckFailed("runs-without-error", f"{call_text}\n  raised {kind}: {message}")
 
 
 def expect_value_error(outcome, call_text, what_is_wrong):
     """The call raised ValueError (any message): `what_is_wrong` says which input must be refused."""
     if outcome.raised is None or outcome.raised[0] != "ValueError":
         got = "returned normally" if outcome.raised is None else f"raised {outcome.raised[0]}"
-        raise CheckFailed(f"{call_text}\n  {got}; {what_is_wrong} must raise ValueError")
+        raise CheckFailed("rejects-bad-input", f"{call_text}\n  {got}; {what_is_wrong} must raise ValueError")
 
 
 def expect_tensor(value, name, call_text):
     if not isinstance(value, Returned):
-        raise CheckFailed(f"{call_text}\n  returned {name} as {what(value)}; expected a torch.Tensor")
+        raise CheckFailed("returns-a-tensor", f"{call_text}\n  returned {name} as {what(value)}; expected a torch.Tensor")
     return value
 
 
@@ -49,23 +49,23 @@ def expect_pair(outcome, call_text, names=("output", "weights")):
     expect_no_error(outcome, call_text)
     value = outcome.value
     if not isinstance(value, (tuple, list)) or len(value) != len(names):
-        raise CheckFailed(f"{call_text}\n  returned {what(value)}; it must return a pair {tuple(names)}")
+        raise CheckFailed("returns-a-pair", f"{call_text}\n  returned {what(value)}; it must return a pair {tuple(names)}")
     return [expect_tensor(v, n, call_text) for v, n in zip(value, names)]
 
 
 def expect_shape(got, shape, name, call_text):
     if got.oversized:
-        raise CheckFailed(f"{call_text}\n  returned {name} as {what(got)}; expected {list(shape)} "
+        raise CheckFailed("shape", f"{call_text}\n  returned {name} as {what(got)}; expected {list(shape)} "
                           f"(the grader reads at most {MAX_ARRAY_ELEMENTS:,} elements)")
     if tuple(got.shape) != tuple(shape):
-        raise CheckFailed(f"{call_text}\n  returned {name} of shape {list(got.shape)}; expected {list(shape)}")
+        raise CheckFailed("shape", f"{call_text}\n  returned {name} of shape {list(got.shape)}; expected {list(shape)}")
 
 
-def expect_close(got, expected, tol, name, call_text):
+def expect_close(got, expected, tol, name, call_text, rule="matches-reference"):
     """`got` (a returned tensor) matches the float64 `expected` within `tol`; NaN never matches."""
     expect_shape(got, expected.shape, name, call_text)
     if got.array is None:
-        raise CheckFailed(f"{call_text}\n  returned {name} on device {got.device}, which holds no values")
+        raise CheckFailed("keeps-device", f"{call_text}\n  returned {name} on device {got.device}, which holds no values")
     actual = torch.from_numpy(got.array.astype(np.float64))
     bad = ~torch.isclose(actual, expected, rtol=tol.rtol, atol=tol.atol)
     if bad.any():
@@ -73,7 +73,7 @@ def expect_close(got, expected, tol, name, call_text):
         count = int(bad.sum())
         index = f"[{', '.join(map(str, where))}]" if where else ""
         raise CheckFailed(
-            f"{call_text}\n  returned {name}{index} = {actual[where].item():.6g}; expected "
+            rule, f"{call_text}\n  returned {name}{index} = {actual[where].item():.6g}; expected "
             f"{expected[where].item():.6g} ({count} of {bad.numel()} entries differ; tolerance "
             f"rtol={tol.rtol:.2g}, atol={tol.atol:.2g} against a float64 reference)")
 
@@ -90,19 +90,19 @@ def expect_exactly_zero(got, rows, name, call_text, what_rows="fully masked rows
     if len(bad):
         where = [int(i) for i in bad[0]]
         row = where[:rows.dim()]
-        raise CheckFailed(f"{call_text}\n  row {row} of the query rows is one of the {what_rows} (the mask blocks "
+        raise CheckFailed("fully-masked-rows-zero", f"{call_text}\n  row {row} of the query rows is one of the {what_rows} (the mask blocks "
                           f"every key), so its {name} must be exactly 0; found {name}{where} = "
                           f"{values[tuple(where)].item():.6g}")
 
 
 def expect_finite(got, name, call_text):
     if got.oversized:
-        raise CheckFailed(f"{call_text}\n  returned {name} as {what(got)}; the grader reads at most "
+        raise CheckFailed("shape", f"{call_text}\n  returned {name} as {what(got)}; the grader reads at most "
                           f"{MAX_ARRAY_ELEMENTS:,} elements")
     values = torch.from_numpy(got.array.astype(np.float64))
     if not bool(torch.isfinite(values).all()):
         where = tuple(int(i) for i in (~torch.isfinite(values)).nonzero()[0])
-        raise CheckFailed(f"{call_text}\n  returned {name}{list(where)} = {values[where].item()}; "
+        raise CheckFailed("finite", f"{call_text}\n  returned {name}{list(where)} = {values[where].item()}; "
                           f"nothing may be inf or NaN")
 
 

@@ -37,13 +37,13 @@ def heatmap_case(length, seed):
 def expect_figure(outcome, call_text):
     expect_no_error(outcome, call_text)
     if not isinstance(outcome.value, FigureSummary):
-        raise CheckFailed(f"{call_text}\n  returned {what(outcome.value)}; it must return the matplotlib Figure")
+        raise CheckFailed("contract", f"{call_text}\n  returned {what(outcome.value)}; it must return the matplotlib Figure")
     return outcome.value
 
 
 def only_image(ax, call_text, where="the heatmap"):
     if len(ax.images) != 1:
-        raise CheckFailed(f"{call_text}\n  {where} axes holds {len(ax.images)} images (imshow or pcolormesh); "
+        raise CheckFailed("figure-shows-weights", f"{call_text}\n  {where} axes holds {len(ax.images)} images (imshow or pcolormesh); "
                           f"expected exactly one")
     return ax.images[0]
 
@@ -55,22 +55,22 @@ def expect_image_is(image, weights, call_text, where="the heatmap"):
     if data.shape == expected.shape and np.allclose(data, expected, rtol=0, atol=IMAGE_ATOL):
         return
     if data.shape == expected.T.shape and np.allclose(data, expected.T, rtol=0, atol=IMAGE_ATOL):
-        raise CheckFailed(f"{call_text}\n  {where} shows the weights transposed: row i of the image must be "
+        raise CheckFailed("figure-shows-weights", f"{call_text}\n  {where} shows the weights transposed: row i of the image must be "
                           f"query i (attention_weights[i, :]), with the keys along the x axis")
     if data.shape != expected.shape:
-        raise CheckFailed(f"{call_text}\n  {where} image has shape {list(data.shape)}; the weights are "
+        raise CheckFailed("figure-shows-weights", f"{call_text}\n  {where} image has shape {list(data.shape)}; the weights are "
                           f"{list(expected.shape)}")
     i, j = np.unravel_index(np.nanargmax(np.abs(np.nan_to_num(data - expected, nan=np.inf))), data.shape)
-    raise CheckFailed(f"{call_text}\n  {where} image[{i}, {j}] = {data[i, j]:.6g}, but attention_weights[{i}, {j}] "
+    raise CheckFailed("figure-shows-weights", f"{call_text}\n  {where} image[{i}, {j}] = {data[i, j]:.6g}, but attention_weights[{i}, {j}] "
                       f"= {expected[i, j]:.6g}; show the weights themselves (no normalising, no rounding)")
 
 
 def expect_tokens_on_axes(ax, tokens, call_text, where="the heatmap", y_may_be_shared=False):
     if ax.xticklabels != tokens:
-        raise CheckFailed(f"{call_text}\n  {where}'s x tick labels are {ax.xticklabels}; expected the key tokens "
+        raise CheckFailed("figure-labelled", f"{call_text}\n  {where}'s x tick labels are {ax.xticklabels}; expected the key tokens "
                           f"{tokens}, one per column")
     if ax.yticklabels != tokens and not (y_may_be_shared and not any(ax.yticklabels)):
-        raise CheckFailed(f"{call_text}\n  {where}'s y tick labels (top row first) are {ax.yticklabels}; expected the "
+        raise CheckFailed("figure-labelled", f"{call_text}\n  {where}'s y tick labels (top row first) are {ax.yticklabels}; expected the "
                           f"query tokens {tokens}, one per row")
 
 
@@ -87,11 +87,11 @@ def heatmap_image_is_the_weights(student):
         call_text = heatmap_call(length)
         figure = expect_figure(student.call("plot_attention_heatmap", weights, tokens), call_text)
         if len(figure.plots) != 1:
-            raise CheckFailed(f"{call_text}\n  the figure has {len(figure.plots)} axes besides colorbars; "
+            raise CheckFailed("contract", f"{call_text}\n  the figure has {len(figure.plots)} axes besides colorbars; "
                               f"expected one heatmap")
         expect_image_is(only_image(figure.plots[0], call_text), weights, call_text)
         if not figure.colorbars:
-            raise CheckFailed(f"{call_text}\n  the figure has no colorbar; add one (figure.colorbar(image, ax=ax)) "
+            raise CheckFailed("figure-labelled", f"{call_text}\n  the figure has no colorbar; add one (figure.colorbar(image, ax=ax)) "
                               f"so a reader can tell what a colour means")
 
 
@@ -104,15 +104,15 @@ def heatmap_is_labelled(student):
         args = (weights, tokens) if title is None else (weights, tokens, title)
         figure = expect_figure(student.call("plot_attention_heatmap", *args), call_text)
         if not figure.plots:
-            raise CheckFailed(f"{call_text}\n  the figure has no axes with a heatmap")
+            raise CheckFailed("figure-shows-weights", f"{call_text}\n  the figure has no axes with a heatmap")
         ax = figure.plots[0]
         expect_tokens_on_axes(ax, tokens, call_text)
         if "quer" not in ax.ylabel.lower() or "key" not in ax.xlabel.lower():  # query, queries, Keys, ...
-            raise CheckFailed(f"{call_text}\n  axis labels are x: {ax.xlabel!r}, y: {ax.ylabel!r}; the y axis must "
+            raise CheckFailed("figure-labelled", f"{call_text}\n  axis labels are x: {ax.xlabel!r}, y: {ax.ylabel!r}; the y axis must "
                               f"say it holds the queries and the x axis the keys")
         expected_title = "Attention Weights" if title is None else title
         if expected_title not in (ax.title, figure.title):
-            raise CheckFailed(f"{call_text}\n  the title is {ax.title or figure.title!r}; expected {expected_title!r}")
+            raise CheckFailed("figure-labelled", f"{call_text}\n  the title is {ax.title or figure.title!r}; expected {expected_title!r}")
     for bad_shape, tokens in (((3, 4), ["a", "b", "c"]), ((3, 3), ["a", "b"])):
         call_text = f"plot_attention_heatmap(attention_weights{list(bad_shape)}, tokens[{len(tokens)}])"
         outcome = student.call("plot_attention_heatmap", torch.full(bad_shape, 0.25), tokens)
@@ -139,13 +139,13 @@ def multihead_one_panel_per_head(student):
         figure = expect_figure(student.call("plot_multihead_attention", weights, tokens, num_heads), call_text)
         panels = [ax for ax in figure.plots if ax.images]
         if len(panels) != num_heads:
-            raise CheckFailed(f"{call_text}\n  the figure has {len(panels)} heatmaps; expected one per head "
+            raise CheckFailed("one-panel-per-head", f"{call_text}\n  the figure has {len(panels)} heatmaps; expected one per head "
                               f"({num_heads})")
         for head in range(num_heads):
             where = f"the panel titled {f'Head {head}'!r}"
             titled = [ax for ax in panels if ax.title.strip() == f"Head {head}"]
             if len(titled) != 1:
-                raise CheckFailed(f"{call_text}\n  panel titles are {[ax.title for ax in panels]}; each panel must "
+                raise CheckFailed("figure-labelled", f"{call_text}\n  panel titles are {[ax.title for ax in panels]}; each panel must "
                                   f"be titled 'Head i' for attention_weights[i] (i from 0)")
             expect_image_is(only_image(titled[0], call_text, where), weights[head], call_text, where)
             expect_tokens_on_axes(titled[0], tokens, call_text, where, y_may_be_shared=head > 0)
@@ -159,17 +159,17 @@ def multihead_shared_colour_scale(student):
     figure = expect_figure(student.call("plot_multihead_attention", weights, tokens, 3), call_text)
     images = [image for ax in figure.plots for image in ax.images]
     if len(images) != 3:
-        raise CheckFailed(f"{call_text}\n  the figure has {len(images)} heatmaps; expected 3")
+        raise CheckFailed("one-panel-per-head", f"{call_text}\n  the figure has {len(images)} heatmaps; expected 3")
     limits = {tuple(round(v, 9) for v in image.clim) for image in images}
     if len(limits) != 1:
-        raise CheckFailed(f"{call_text}\n  the heads use different colour scales {sorted(limits)}; give every "
+        raise CheckFailed("shared-colour-scale", f"{call_text}\n  the heads use different colour scales {sorted(limits)}; give every "
                           f"heatmap the same vmin and vmax so equal colours mean equal weights")
     vmin, vmax = limits.pop()
     if not (vmin <= float(weights.min()) + IMAGE_ATOL and vmax >= float(weights.max()) - IMAGE_ATOL):
-        raise CheckFailed(f"{call_text}\n  the shared colour scale [{vmin:.4g}, {vmax:.4g}] does not cover the "
+        raise CheckFailed("shared-colour-scale", f"{call_text}\n  the shared colour scale [{vmin:.4g}, {vmax:.4g}] does not cover the "
                           f"weights [{float(weights.min()):.4g}, {float(weights.max()):.4g}]")
     if not figure.colorbars:
-        raise CheckFailed(f"{call_text}\n  the figure has no colorbar; one shared colorbar is enough")
+        raise CheckFailed("figure-labelled", f"{call_text}\n  the figure has no colorbar; one shared colorbar is enough")
 
 
 @check("multihead_rejects_wrong_head_count", NOTEBOOK, points=1, grades="plot_multihead_attention",
@@ -192,18 +192,18 @@ def expect_statistics(student, case):
     got = outcome.value
     if not isinstance(got, dict) or set(got) != set(STATISTICS):
         keys = sorted(got) if isinstance(got, dict) else what(got)
-        raise CheckFailed(f"{call_text}\n  returned {keys}; expected a dict with exactly the keys {list(STATISTICS)}")
+        raise CheckFailed("contract", f"{call_text}\n  returned {keys}; expected a dict with exactly the keys {list(STATISTICS)}")
     expected = reference_pattern_statistics(case.weights, case.window)
     for name in STATISTICS:
         value = got[name]
         if type(value) is not float:
-            raise CheckFailed(f"{call_text}\n  returned {name} as {what(value)}; every value must be a Python float "
+            raise CheckFailed("contract", f"{call_text}\n  returned {name} as {what(value)}; every value must be a Python float "
                               f"(tensor.item() gives one)")
         want = expected[name]
         same = (value == want) if math.isinf(want) else (
             math.isfinite(value) and math.isclose(value, want, rel_tol=STATISTICS_RTOL, abs_tol=STATISTICS_ATOL))
         if not same:
-            raise CheckFailed(f"{call_text}\n  returned {name} = {value!r}; expected {want:.6g}")
+            raise CheckFailed("statistics-match-reference", f"{call_text}\n  returned {name} = {value!r}; expected {want:.6g}")
 
 
 @check("pattern_statistics_match_reference", NOTEBOOK, points=4, grades="analyze_attention_patterns",
@@ -244,10 +244,10 @@ def head_roles_identified(student):
     expect_no_error(outcome, "HEAD_ROLES")
     roles = outcome.value
     if not isinstance(roles, dict):
-        raise CheckFailed(f"HEAD_ROLES is {what(roles)}; it must be a dict {{head number: role}}")
+        raise CheckFailed("contract", f"HEAD_ROLES is {what(roles)}; it must be a dict {{head number: role}}")
     answers = {int(k) if isinstance(k, (int, str)) and str(k).isdigit() else k: v for k, v in roles.items()}
     wrong = [head for head, role in HEAD_ROLES.items()
              if not isinstance(answers.get(head), str) or answers[head].strip().lower() != role]
     if wrong:
-        raise CheckFailed(f"HEAD_ROLES has {len(wrong)} of {len(HEAD_ROLES)} heads wrong (or missing); look at "
+        raise CheckFailed("head-roles", f"HEAD_ROLES has {len(wrong)} of {len(HEAD_ROLES)} heads wrong (or missing); look at "
                           f"their heatmaps and statistics again")
