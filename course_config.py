@@ -141,13 +141,15 @@ if GRADEBOOK_URL and not GRADEBOOK_URL.startswith(("sqlite:///", "postgresql+psy
 # Submissions graded at once by `make autograde` on this host: the embedded Dask LocalCluster's worker
 # processes, one thread each. (0: one per core.)
 GRADING_PARALLELISM = _policy("GRADING_PARALLELISM", 0) or max(1, os.cpu_count() or 1)
-# Empty: the batch runs on this host (the embedded LocalCluster). tcp://<host>:<port>: the batch goes to
+# Empty: the batch runs on this host (the embedded LocalCluster). tls://<host>:<port>: the batch goes to
 # that Dask scheduler, whose workers are grading hosts with this same course package, venv and
-# bubblewrap (README.md, "Grading on more hosts"); GRADING_PARALLELISM then does not apply.
+# bubblewrap (README.md, "Grading on more hosts"); GRADING_PARALLELISM then does not apply. Only TLS:
+# whoever reaches a Dask scheduler can run code on its workers.
 DASK_SCHEDULER = _policy("DASK_SCHEDULER", "")
-if DASK_SCHEDULER and not __import__("re").fullmatch(r"(tcp|tls)://[\w.\-\[\]:]+:\d+", DASK_SCHEDULER):
-    raise ValueError(f"ATTENTION_SURGEON_DASK_SCHEDULER={DASK_SCHEDULER!r}: expected tcp://<host>:<port> "
-                     f"(or tls://), the address `dask scheduler` prints")
+if DASK_SCHEDULER and not __import__("re").fullmatch(r"tls://[\w.\-\[\]:]+:\d+", DASK_SCHEDULER):
+    raise ValueError(f"ATTENTION_SURGEON_DASK_SCHEDULER={DASK_SCHEDULER!r}: expected tls://<host>:<port>, the "
+                     f"address a `dask scheduler` with TLS certificates prints (plain tcp:// would let anyone "
+                     f"who reaches it run code on the grading hosts)")
 # Student code runs under bubblewrap. "required": refuse to grade when the
 # sandbox cannot start. "off": explicit opt-out (a trusted test machine only).
 SANDBOX = _policy("SANDBOX", "required", choices=("required", "off"))

@@ -3,9 +3,9 @@
 Trusted code, run by the batch (grade_submissions.py) in its own process, one submission at a time,
 so two writes to one student's rows never overlap, whatever the gradebook (SQLite or PostgreSQL).
 
-    .grading/returned/<student>/<assignment>/   the returned autograded notebooks (a notebook the
-        |                                        host did not finish: the staged one) and the
-        |                                        staged files beside them (timestamp.txt included)
+    .grading/returned/<student>/<assignment>/   the returned autograded notebooks (those the host
+        |                                        finished; for the others the staged notebook) and
+        |                                        the staged files beside them (timestamp.txt included)
         | nbgrader's Autograde converter, without running anything:
         |   sanitize  nbgrader's steps but ClearOutput (the outputs are the verdicts)
         |   autograde ApplyReturnedGrades, then nbgrader's AssignLatePenalties
@@ -15,12 +15,13 @@ Applying the same result again writes the same rows (nbgrader's update_or_create
 autograded folder, replaced whole): a task Dask ran twice is applied once, and a batch killed
 while applying leaves a submission with no finished report, which the next batch grades again.
 """
+import copy
 import logging
 import shutil
 import warnings
 from pathlib import Path
 
-from nbgrader.api import Gradebook, MissingEntry
+from nbgrader.api import Gradebook
 from nbgrader.preprocessors import NbGraderPreprocessor
 from sqlalchemy.exc import SAWarning
 from traitlets import Dict
@@ -48,7 +49,8 @@ class ApplyReturnedGrades(NbGraderPreprocessor):
     """Each grade and comment of this notebook as the grading host decided it. A score is taken only
     for a grade of this notebook and within its points; a notebook the host did not finish scores 0
     (as nbgrader scores a notebook that was not submitted). A grade a TA has already scored by hand
-    keeps asking for a look, as nbgrader's SaveAutoGrades does."""
+    keeps asking for a look, as nbgrader's SaveAutoGrades does. A written answer (a markdown grade cell)
+    of a notebook the host did not finish waits for a TA instead of scoring 0."""
 
     grades = Dict(help="{notebook: {grade name: {'auto_score': float or None, 'needs_manual_grade': bool}}}, "
                        "as the grading host returned them.").tag(config=True)
@@ -62,6 +64,8 @@ class ApplyReturnedGrades(NbGraderPreprocessor):
             submitted = gradebook.find_submission_notebook(name, info["assignment"], info["student"])
             for grade in submitted.grades:
                 row = (returned or {}).get(grade.name)
+                if row is None and grade.cell.cell_type == "markdown":  # a written answer: a TA grades it
+                    row = {"auto_score": None, "needs_manual_grade": True}
                 score = row["auto_score"] if row else 0.0
                 if score is not None and not 0 <= score <= grade.max_score:
                     log.error("%s: a score of %s for %s, which is worth %s points: applied as 0",
@@ -92,7 +96,7 @@ def apply_result(result, staged, returned_root):
     for name, text in result["notebooks"].items():
         if (folder / f"{name}.ipynb").exists():  # only the notebooks the course has
             (folder / f"{name}.ipynb").write_text(text)
-    config = course_config.c.copy()
+    config = copy.deepcopy(course_config.c)  # Config.copy() is shallow: the course's own would change
     config.CourseDirectory.submitted_directory = str(returned_root)
     config.Autograde.sanitize_preprocessors = SANITIZE
     config.Autograde.autograde_preprocessors = APPLY
@@ -102,8 +106,6 @@ def apply_result(result, staged, returned_root):
         with warnings.catch_warnings():  # nbgrader's SQLAlchemy warns when it makes a new submission's rows
             warnings.simplefilter("ignore", SAWarning)
             outcome = NbGraderAPI(config=config, log=nbgrader_log).autograde(assignment, student, force=True, create=True)
-    except MissingEntry as missing:
-        return f"the gradebook does not know this submission's assignment ({missing})"
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     if not outcome["success"]:

@@ -2,13 +2,19 @@
 
 Trusted code.
 
-* Default (course_config.DASK_SCHEDULER empty): an embedded LocalCluster on this host,
-  GRADING_PARALLELISM worker processes of one thread each, started and stopped by the batch.
-* DASK_SCHEDULER=tcp://<host>:<port>: an existing cluster. Its workers are grading hosts with the
-  same course package and venv, started with this module as their preload (README.md, "Grading on
-  more hosts"):
+A Dask client can run any code on its cluster's workers, outside every sandbox, so no one but the
+grader may reach the cluster: every connection is TLS with certificates on both sides.
 
-      PYTHONPATH=. .venv/bin/dask worker tcp://grader:8786 --nworkers 16 --nthreads 1 \\
+* Default (course_config.DASK_SCHEDULER empty): an embedded LocalCluster on this host,
+  GRADING_PARALLELISM worker processes of one thread each, started and stopped by the batch, with
+  certificates made for this batch alone (Dask's temporary Security). Its ports listen on
+  127.0.0.1, where the hub's students are too: without the batch's certificate they cannot talk to it.
+* DASK_SCHEDULER=tls://<host>:<port>: an existing cluster. Its workers are grading hosts with the
+  same course package and venv, started with this module as their preload (README.md, "Grading on
+  more hosts"); the certificates are Dask's own settings (DASK_DISTRIBUTED__COMM__TLS__*, required
+  with DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION), on the grader, the scheduler and every worker:
+
+      PYTHONPATH=. .venv/bin/dask worker tls://scheduler:8786 --nworkers 16 --nthreads 1 \\
           --preload autograder.cluster
 
   `dask_setup` runs the package's preflight on that host when the worker starts and refuses to
@@ -16,8 +22,9 @@ Trusted code.
   before it submits anything (`refusals`).
 
 A worker that dies mid-task (killed, out of memory) has its task run again on another worker, at
-most ALLOWED_FAILURES more times; the batch applies each submission's result once, whichever run
-gave it.
+most ALLOWED_FAILURES more times (the embedded cluster; a scheduler of its own reads its own
+`distributed.scheduler.allowed-failures`); the batch applies each submission's result once,
+whichever run gave it.
 """
 import logging
 import os
@@ -27,7 +34,7 @@ from contextlib import contextmanager
 
 import course_config
 
-from .sandbox import TASK_PREFIX
+from .sandbox import TASK_PREFIX, SandboxUnavailable
 
 log = logging.getLogger("attention_surgeon.cluster")
 
@@ -60,12 +67,18 @@ def grading_client():
     """A Dask client for the batch: the course's cluster, or an embedded LocalCluster."""
     import dask
     from distributed import Client, LocalCluster
+    from distributed.security import Security
 
     with dask.config.set({"distributed.scheduler.allowed-failures": ALLOWED_FAILURES,
                           "distributed.admin.tick.limit": "1h"}):  # a grading task holds its thread for long
         logging.getLogger("distributed").setLevel(logging.ERROR)  # the scheduler's chatter; failures are reported
         if course_config.DASK_SCHEDULER:
-            with Client(course_config.DASK_SCHEDULER, timeout=CONNECT_TIMEOUT_S) as client:
+            security = Security(require_encryption=True)  # the certificates of Dask's configuration
+            if not (security.tls_ca_file and security.tls_client_cert):
+                raise SandboxUnavailable("ATTENTION_SURGEON_DASK_SCHEDULER is set, but Dask has no TLS certificate "
+                                         "for this client (DASK_DISTRIBUTED__COMM__TLS__CA_FILE, ..._CLIENT__CERT "
+                                         "and ..._CLIENT__KEY; README.md, \"Grading on more hosts\")")
+            with Client(course_config.DASK_SCHEDULER, timeout=CONNECT_TIMEOUT_S, security=security) as client:
                 client.wait_for_workers(1, timeout=CONNECT_TIMEOUT_S)
                 yield client
             return
@@ -77,13 +90,26 @@ def grading_client():
             with dask.config.set({"temporary-directory": scratch}), \
                     LocalCluster(n_workers=course_config.GRADING_PARALLELISM, threads_per_worker=1, processes=True,
                                  memory_limit=0, dashboard_address=None, silence_logs=logging.ERROR,
-                                 local_directory=scratch) as cluster, Client(cluster) as client:
+                                 local_directory=scratch, security=Security.temporary()) as cluster, \
+                    Client(cluster, security=cluster.security) as client:
                 yield client
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
 
 
-def refusals(client):
-    """For a cluster of other hosts: [why] for every worker whose host refuses to grade."""
+def worker_digest():
+    """On a grading host: the digest of the course package it grades with (grading_task.package_digest)."""
+    from .grading_task import package_digest
+
+    return package_digest()
+
+
+def refusals(client, digest):
+    """For a cluster of other hosts: [why] for every worker whose host refuses to grade (its sandbox or
+    process cap does not hold), or grades with another package than this batch's `digest`."""
     answers = client.run(worker_preflight)
-    return [why for why in answers.values() if why]
+    digests = client.run(worker_digest)
+    return [why for why in answers.values() if why] + [
+        f"the grading host of worker {address} has another version of the course package (autograder/, "
+        f"source/, requirements.lock or the grading policy): update it to the grader's"
+        for address, theirs in digests.items() if theirs != digest]

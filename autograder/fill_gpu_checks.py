@@ -15,6 +15,7 @@ from .checks import REGISTRY
 from .pipeline import grading_on_cuda, hidden_check_name
 from .preflight import refuse_unless_sandbox_works
 from .redecide import redecide
+from .safe_text import one_line
 
 
 def pending_gpu_cells(nb, grades):
@@ -37,7 +38,9 @@ def main():
     refused = refuse_unless_sandbox_works()
     if refused:
         return refused
-    filled, _ = redecide(pending_gpu_cells, cuda_available=True)
+    filled, _, flagged = redecide(pending_gpu_cells, cuda_available=True)
+    for line in flagged:
+        print(f"  FLAGGED for a TA: {one_line(line, 1000)}")
     print(f"filled in {filled} pending GPU check(s)")
     return 0
 

@@ -52,6 +52,12 @@ from .safe_text import one_line
 from .sandbox import SandboxUnavailable, sweep_leftovers
 
 log = logging.getLogger("attention_surgeon.grade_submissions")
+IN_FLIGHT_PER_WORKER = 2  # submissions sent ahead to each worker thread of the cluster
+# course_config's settings that decide no grade: where things are on this host, how the batch runs,
+# what the report shows. The grader's digest leaves them out, so a grading host with its course
+# folder elsewhere grades with the same digest, and a new similarity threshold grades nobody again.
+NOT_GRADING_POLICY = ("COURSE_ROOT", "BWRAP", "GRADEBOOK_URL", "DASK_SCHEDULER", "GRADING_PARALLELISM",
+                      "SIMILARITY_THRESHOLD", "SIMILARITY_MIN_TOKENS", "STUDENT_GROUP", "ASSIGNMENTS")
 
 ROOT = course_config.COURSE_ROOT
 ASSIGNMENT = course_config.ASSIGNMENT
@@ -67,6 +73,7 @@ class SubmissionReport:
     problems: list = field(default_factory=list)  # shown to the student in their feedback
     staged: str = ""  # digest of what was staged for grading
     checks: str = ""  # digest of the grader (autograder/, source/, course_config.py) that graded it
+    out_of_time: bool = False  # its grading ran out of the submission's time (stopped, or its clock ended)
 
     @property
     def key(self):
@@ -351,7 +358,7 @@ def grader_digest(with_gradebook=True):
     (`with_gradebook`) the gradebook's URL: a new gradebook holds no grade yet. Every grading host of a
     batch must have the same digest without the URL (grading_task.package_digest)."""
     policy = {name: repr(getattr(course_config, name)) for name in dir(course_config)
-              if name.isupper() and name not in ("GRADEBOOK_URL", "DASK_SCHEDULER", "GRADING_PARALLELISM")}
+              if name.isupper() and not name.startswith("_") and name not in NOT_GRADING_POLICY}
     if with_gradebook:
         policy["db_url"] = course_config.c.CourseDirectory.db_url
     code = folder_digest(ROOT / "autograder", pattern="*.py", extra=json.dumps(policy, sort_keys=True))
@@ -418,40 +425,70 @@ def grade_on_cluster(keys, progress):
     from distributed import as_completed
 
     grader = package_digest()
-    results = {}
+    results, waiting = {}, list(keys)
     with grading_client() as client:
-        refused = refusals(client) if course_config.DASK_SCHEDULER else []
+        refused = refusals(client, grader) if course_config.DASK_SCHEDULER else []
         if refused:
             raise SandboxUnavailable("; ".join(refused))
-        futures = {client.submit(grade_submission, encode_request(key, grader, staged_files(key)),
-                                 key=f"grade-submission-{index}-{uuid.uuid4().hex}", pure=False): key
-                   for index, key in enumerate(keys)}
-        for future in as_completed(futures):
+        # A few submissions per worker in flight, the next one sent as one ends: the staged files of a
+        # whole course never sit in this process (or the scheduler) at once.
+        futures, done = {}, as_completed()
+
+        def room():  # asked again as workers join or leave
+            return len(futures) < IN_FLIGHT_PER_WORKER * max(1, sum(client.nthreads().values()))
+
+        def submit_next():
+            key = waiting.pop(0)
+            future = client.submit(grade_submission, encode_request(key, grader, staged_files(key)),
+                                   key=f"grade-submission-{uuid.uuid4().hex}", pure=False)
+            futures[future] = key
+            done.add(future)
+
+        while waiting and room():
+            submit_next()
+        for future in done:
             key = futures.pop(future)
             try:
                 result = read_result(future.result(), key)
             except Exception as err:  # a task that failed on every try (its workers died), or a bad result
                 log.error("%s: %s", one_line(key), one_line(f"{type(err).__name__}: {err}", 2000))
                 result = failed_result(key, "its grading host stopped working while grading it")
+            future.release()
+            while waiting and room():
+                submit_next()
             results[key] = result
             applying = time.monotonic()
             apply(key, result)
             progress.applying += time.monotonic() - applying
             progress.finished(key, result["ok"], result["seconds"])
-            future.release()
     return results
 
 
+def log_path(assignment, student):
+    """The grading log of one submission: .grading/logs/<assignment>/<student>.log."""
+    return STAGING / "logs" / assignment / f"{student}.log"
+
+
 def apply(key, result):
-    """One submission's result into the gradebook and autograded/, its flags and its log."""
+    """One submission's result into the gradebook and autograded/, its flags and its log. A result with
+    no graded notebook (no host could grade it) changes no grade: the earlier rows, if any, stay, and
+    the report says why. Nothing that goes wrong here stops the batch."""
     assignment, student = parse_key(key)
-    if result["flags"]:
-        FLAGS.mkdir(parents=True, exist_ok=True)
-        with open(FLAGS / f"{student}.txt", "a") as out:
-            out.writelines(one_line(line, 2000) + "\n" for line in result["flags"])
-    log_path = STAGING / "logs" / (f"{student}.log" if assignment == ASSIGNMENT else f"{student}-{assignment}.log")
-    log_path.write_text(result["log"])
-    problem = apply_result(result, STAGING / "submitted" / student / assignment, STAGING / "returned")
+    try:
+        path = log_path(assignment, student)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(result["log"], errors="backslashreplace")
+        if not result["notebooks"]:
+            result.update(ok=False)
+            return
+        if result["flags"]:
+            FLAGS.mkdir(parents=True, exist_ok=True)
+            with open(FLAGS / f"{student}.txt", "a") as out:
+                out.writelines(one_line(line, 2000) + "\n" for line in result["flags"])
+        problem = apply_result(result, STAGING / "submitted" / student / assignment, STAGING / "returned")
+    except Exception as err:  # noqa: BLE001 - one submission's write must not stop the batch
+        log.error("applying %s: %s", one_line(key), one_line(f"{type(err).__name__}: {err}", 2000))
+        problem = "its grades could not be written to the gradebook"
     if problem:
         result.update(ok=False, error=problem)
 
@@ -484,8 +521,11 @@ def autograde_all(submissions, force=False):
     results = grade_on_cluster(keys, progress) if keys else {}
     for key in keys:
         report, result = reports[key], results[key]
-        report.ok, report.seconds = result["ok"], result["seconds"]
-        if result["stopped"]:
+        report.ok, report.seconds, report.out_of_time = result["ok"], result["seconds"], result["out_of_time"]
+        if not result["notebooks"] and not result["stopped"]:
+            report.problems.append(f"{result['error'] or 'it could not be graded'}; no grade was written for it "
+                                   f"(an earlier one stays) and a TA will look at it.")
+        elif result["stopped"]:
             report.problems.append(
                 f"grading was stopped after {result['seconds']:.0f} s: a submission may take at most "
                 f"{course_config.SUBMISSION_TIMEOUT_S} s to grade (your functions or cells were too slow). "
@@ -576,6 +616,9 @@ def main(argv=()):
         reports, unchanged, applying = autograde_all(everyone, force=args.force)
     except SandboxUnavailable as err:
         print(f"GRADING REFUSED: {one_line(str(err), 4000)}")
+        return 2
+    except (OSError, TimeoutError) as err:  # the course's Dask scheduler cannot be reached
+        print(f"GRADING FAILED: the Dask cluster could not be used: {one_line(f'{type(err).__name__}: {err}', 2000)}")
         return 2
     graded = {r.key for r in reports}
     save_reports([r for r in load_reports()  # earlier reports of submissions not in this batch stay

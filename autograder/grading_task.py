@@ -28,6 +28,7 @@ A process that dies under a submission is replaced and the submission graded onc
 twice is "crashed".
 """
 import base64
+import copy
 import json
 import logging
 import os
@@ -45,6 +46,7 @@ from pathlib import Path
 import course_config
 
 from .nbgrader_cli import nbgrader_env
+from .safe_text import one_line
 from .sandbox import TASK_PREFIX
 
 ROOT = course_config.COURSE_ROOT
@@ -80,14 +82,14 @@ def _decode_request(text):
     return request["key"], request["grader"], files
 
 
-RESULT_FIELDS = {"key": str, "ok": bool, "stopped": bool, "crashed": bool, "seconds": (int, float),
+RESULT_FIELDS = {"key": str, "ok": bool, "stopped": bool, "crashed": bool, "out_of_time": bool, "seconds": (int, float),
                  "error": (str, type(None)), "notebooks": dict, "grades": dict, "comments": dict,
                  "flags": list, "log": str, "host": str}
 
 
 def failed_result(key, error, seconds=0.0, crashed=True):
     """A result for a submission no host could grade (its notebooks then score 0)."""
-    return {"key": key, "ok": False, "stopped": False, "crashed": crashed, "seconds": float(seconds),
+    return {"key": key, "ok": False, "stopped": False, "crashed": crashed, "out_of_time": False, "seconds": float(seconds),
             "error": error, "notebooks": {}, "grades": {}, "comments": {}, "flags": [], "log": "", "host": ""}
 
 
@@ -137,8 +139,10 @@ _local = threading.local()
 def grade_submission(request):
     """The Dask task: grade one submission (`encode_request`'s JSON) here; return `read_result`'s JSON."""
     global _digest
-    key, grader, files = _decode_request(request)
+    key = "?"
     try:
+        key = str(json.loads(request).get("key", "?"))
+        key, grader, files = _decode_request(request)
         _digest = _digest or package_digest()
         if grader != _digest:
             return json.dumps(failed_result(key, f"the grading host {os.uname().nodename} has another version of "
@@ -224,7 +228,7 @@ class GradingProcess:
                 if record.get("started") == key and not state["started"]:
                     state.update(started=True, since=time.monotonic())
                 elif record.get("finished") == key and state["started"] and type(record.get("ok")) is bool:
-                    (root / "ok").write_text(json.dumps(record["ok"]))
+                    (root / "ok").write_text(json.dumps([record["ok"], record.get("out_of_time") is True]))
                     return "done", time.monotonic() - state["since"]
         except TimeoutError:
             self._stop()
@@ -240,27 +244,35 @@ class GradingProcess:
 
         assignment, student = parse_key(key)
         result = failed_result(key, None, seconds, crashed=status == "died")
-        result.update(stopped=status == "stopped", host=os.uname().nodename,
-                      ok=status == "done" and json.loads((root / "ok").read_text()))
+        ok, out_of_time = json.loads((root / "ok").read_text()) if status == "done" else (False, False)
+        result.update(stopped=status == "stopped", host=os.uname().nodename, ok=ok,
+                      out_of_time=out_of_time or status == "stopped")
         graded = root / "autograded" / student / assignment
-        notebooks = {p.stem: p for p in sorted(graded.glob("*.ipynb"))} if graded.is_dir() else {}
-        result["notebooks"] = {name: path.read_text() for name, path in notebooks.items()}
-        if notebooks:
+        written = {p.stem: p for p in sorted(graded.glob("*.ipynb"))} if graded.is_dir() else {}
+        if written:
             with Gradebook(f"sqlite:///{root / 'gradebook.db'}") as gradebook:
                 try:
                     submission = gradebook.find_submission(assignment, student)
                 except MissingEntry:
                     submission = None
                 for notebook in submission.notebooks if submission else []:
-                    if notebook.name in notebooks:
-                        result["grades"][notebook.name] = {
-                            g.name: {"auto_score": g.auto_score, "needs_manual_grade": bool(g.needs_manual_grade)}
-                            for g in notebook.grades}
-                        result["comments"][notebook.name] = {c.name: c.auto_comment for c in notebook.comments}
+                    # nbgrader writes a notebook before it runs it: one whose every grade is not yet
+                    # scored or marked for a TA was still running when the process stopped.
+                    if notebook.name not in written or not all(g.auto_score is not None or g.needs_manual_grade
+                                                               for g in notebook.grades):
+                        continue
+                    result["notebooks"][notebook.name] = written[notebook.name].read_text()
+                    result["grades"][notebook.name] = {
+                        g.name: {"auto_score": g.auto_score, "needs_manual_grade": bool(g.needs_manual_grade)}
+                        for g in notebook.grades}
+                    result["comments"][notebook.name] = {c.name: c.auto_comment for c in notebook.comments}
         flags = root / "flags" / f"{student}.txt"
         result["flags"] = flags.read_text(errors="replace").splitlines() if flags.exists() else []
         text = root / "log.txt"
         result["log"] = text.read_text(errors="replace") if text.exists() else ""
+        if status != "done":  # why the grading process ended: the end of its own log
+            tail = (self.folder / "grading.log").read_text(errors="replace")[-4000:]
+            result["log"] += "\n[the grading process]\n" + "\n".join(one_line(line, 2000) for line in tail.splitlines())
         return result
 
 
@@ -299,7 +311,7 @@ def _lines(process, deadline):
 
 def course_directory(root, db_url):
     """The course configuration with its folders in `root` (source/ stays the package's own)."""
-    config = course_config.c.copy()
+    config = copy.deepcopy(course_config.c)  # Config.copy() is shallow: the course's own would change
     config.CourseDirectory.root = str(root)
     config.CourseDirectory.source_directory = str(ROOT / "source")
     config.CourseDirectory.db_url = db_url
@@ -327,7 +339,6 @@ def grading_process(folder):
     from nbgrader.apps import NbGraderAPI
 
     from . import time_budget
-    from .safe_text import one_line
 
     # The worker hears from this process on a private copy of stdout (os.dup makes it close-on-exec);
     # fd 1 itself goes to the log, so a student's kernel, which inherits it, can never forge a record.
@@ -345,8 +356,11 @@ def grading_process(folder):
         time_budget.start_submission()
         result = NbGraderAPI(config=config).autograde(assignment, student, force=True, create=True)
         text = (result.get("log") or "") + "\n" + (result.get("error") or "")
-        (root / "log.txt").write_text("\n".join(one_line(line, 20_000) for line in text.splitlines()) + "\n")
-        print(json.dumps({"finished": key, "ok": bool(result["success"])}), file=channel, flush=True)
+        (root / "log.txt").write_text("\n".join(one_line(line, 20_000) for line in text.splitlines()) + "\n",
+                                      errors="backslashreplace")
+        clock = time_budget.submission_deadline()
+        print(json.dumps({"finished": key, "ok": bool(result["success"]), "out_of_time": clock.remaining() <= 0}),
+              file=channel, flush=True)
 
 
 if __name__ == "__main__":

@@ -15,11 +15,11 @@ from nbgrader.api import Gradebook, MissingEntry
 
 import course_config
 
-from .feedback import generate_feedback
+from .feedback import FLAGS, generate_feedback
 from .nbgrader_cli import run_nbgrader
 from .checks import REGISTRY
-from .pipeline import (decide_checks, graded_answers, hidden_check_name, student_code, student_written_code,
-                       verdict_outputs)
+from .pipeline import (decide_checks, graded_answers, hidden_check_name, record_flags, student_code,
+                       student_written_code, verdict_outputs)
 from .safe_text import one_line
 
 log = logging.getLogger(__name__)
@@ -42,10 +42,24 @@ def with_their_families(nb, names):
     return list(dict.fromkeys([*names, *kin]))
 
 
+def forget_flags_of(student, notebook, names):
+    """Drop the lines of .grading/flags/<student>.txt that flag `names` in `notebook`: they are decided again."""
+    path = FLAGS / f"{student}.txt"
+    if not path.exists():
+        return
+    stale = tuple(f"{notebook}: {name}: " for name in names)
+    kept = [line for line in path.read_text().splitlines() if not line.startswith(stale)]
+    if kept:
+        path.write_text("\n".join(kept) + "\n")
+    else:
+        path.unlink()
+
+
 def redecide(choose, cuda_available):
     """For each autograded notebook, `choose(nb, grades)` -> [(cell, check name, grade)] to decide again
-    (grades: {grade id: nbgrader Grade}); returns (decided, still pending)."""
+    (grades: {grade id: nbgrader Grade}); returns (decided, still pending, the lines flagged for a TA)."""
     decided = pending = 0
+    flagged = []
     with Gradebook(course_config.c.CourseDirectory.db_url) as gradebook:
         for student, assignment, notebook, path in autograded_notebooks():
             try:
@@ -59,8 +73,13 @@ def redecide(choose, cuda_available):
                 continue
             verdicts = decide_checks(student_code(nb), student_written_code(nb), graded_answers(nb),
                                      with_their_families(nb, [name for _, name, _ in chosen]), cuda_available, log)
+            forget_flags_of(student, notebook, [name for _, name, _ in chosen])
+            record_flags({"student": student, "notebook": notebook},
+                         {name: verdicts[name].message for _, name, _ in chosen if verdicts[name].flagged})
             for cell, name, grade in chosen:
                 verdict = verdicts[name]
+                if verdict.flagged:
+                    flagged.append(f"{student}: {notebook}: {name}: {verdict.message}")
                 cell.outputs = verdict_outputs(name, verdict)
                 if verdict.status == "pending":
                     grade.auto_score, grade.needs_manual_grade = None, True
@@ -75,4 +94,4 @@ def redecide(choose, cuda_available):
             os.chmod(path, stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)  # nbgrader leaves it read-only
     generate_feedback(list(course_config.ASSIGNMENTS), quiet=False)  # the grading notes are written back too
     run_nbgrader("export", "--to=grades.csv")
-    return decided, pending
+    return decided, pending, flagged

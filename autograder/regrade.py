@@ -8,6 +8,7 @@ from .checks import REGISTRY
 from .pipeline import grading_on_cuda, hidden_check_name
 from .preflight import refuse_unless_sandbox_works
 from .redecide import redecide
+from .safe_text import one_line
 
 
 def cells_of(check):
@@ -32,7 +33,9 @@ def main(argv):
     refused = refuse_unless_sandbox_works()
     if refused:
         return refused
-    decided, pending = redecide(cells_of(check), grading_on_cuda())
+    decided, pending, flagged = redecide(cells_of(check), grading_on_cuda())
+    for line in flagged:
+        print(f"  FLAGGED for a TA: {one_line(line, 1000)}")
     print(f"check {check} decided again in {decided} notebook(s)" + (f", {pending} pending" if pending else "")
           + "; every other grade is as it was; feedback/ and grades.csv are written")
     return 0

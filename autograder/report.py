@@ -84,7 +84,7 @@ class CheckStats:
             groups[failure.rule].append(failure)
         rows = []
         for rule, failures in groups.items():
-            example = min(failures, key=lambda f: (len(f.message), f.student))
+            example = min(failures, key=lambda f: (not f.message, len(f.message), f.student))
             rows.append((rule, len(failures), sorted(f.student for f in failures), example))
         return sorted(rows, key=lambda r: (-r[1], r[0]))
 
@@ -149,8 +149,10 @@ class AssignmentReport:
 
 
 def flagged_checks(student):
+    """{(notebook, check name)} flagged for a TA in .grading/flags/<student>.txt ("<notebook>: <check>: why")."""
     path = FLAGS / f"{student}.txt"
-    return path.read_text(errors="replace") if path.exists() else ""
+    lines = path.read_text(errors="replace").splitlines() if path.exists() else []
+    return {tuple(line.split(": ", 2)[:2]) for line in lines if line.count(": ") >= 2}
 
 
 def read_assignment(gradebook, assignment, reports):
@@ -179,26 +181,30 @@ def read_assignment(gradebook, assignment, reports):
                 if pending:
                     kind = ("GPU checks (no CUDA on the grading host)" if name in REGISTRY and REGISTRY[name].gpu
                             else "flagged for a TA (the code could have switched off a defence)"
-                            if name and name in flags else "written answers and other cells graded by hand")
+                            if (notebook.name, name) in flags else "written answers and other cells graded by hand")
                     report.queue[kind].append((student, f"{notebook.name}: {grade.name}", float(grade.max_score)))
                 if name is None or name not in report.checks:
                     continue
                 stats = report.checks[name]
+                stats.points = float(grade.max_score)  # what the gradebook holds it worth
                 if pending:
                     stats.pending.append(student)
                     continue
                 stats.scores[student] = float(grade.score)
-                status, rule, message = verdicts.get(grade.name, ("passed", "", ""))
-                if status == "failed" or grade.score < grade.max_score:
+                status, rule, message = verdicts.get(grade.name, ("", "", ""))
+                if grade.manual_score is not None and grade.score < grade.max_score:
+                    stats.failures.append(Failure(student, "scored-by-a-ta", ""))
+                elif status == "failed":
                     stats.failures.append(Failure(student, rule or "contract", message))
+                elif grade.score < grade.max_score:  # no verdict in its cell: grading never reached it
+                    stats.failures.append(Failure(student, "not-decided", ""))
     for entry in reports:
         if entry.get("assignment", course_config.ASSIGNMENT) != assignment or entry["student"] not in report.totals:
             continue
         report.seconds[entry["student"]] = float(entry.get("seconds") or 0.0)
-        limits = [p for p in entry.get("problems", []) if "took more than" in p or "stopped after" in p
-                  or "time limit" in p]
-        if limits:
-            report.limited.append((entry["student"], limits[0]))
+        if entry.get("out_of_time"):
+            report.limited.append((entry["student"], f"ran out of the submission's {course_config.SUBMISSION_TIMEOUT_S} s "
+                                                     f"after {float(entry.get('seconds') or 0):.0f} s of grading"))
         if not entry.get("ok", True):
             report.unfinished.append(entry["student"])
     return report
@@ -312,8 +318,9 @@ def figure_png(draw):
 
 
 def score_bins(report):
-    """The histogram's bin edges: ten equal bins from 0 to the assignment's maximum."""
-    top = report.max_score or max(report.totals.values(), default=1.0) or 1.0
+    """The histogram's bin edges: ten equal bins from 0 to the assignment's maximum (or the highest total,
+    with extra credit)."""
+    top = max(report.max_score, max(report.totals.values(), default=0.0)) or 1.0
     return np.linspace(0.0, top, 11)
 
 
@@ -441,6 +448,12 @@ def page(reports, figures):
             + "\n".join(body) + "</body></html>\n")
 
 
+def number(value):
+    """A number for a CSV cell (a float, which csv_cell leaves as it is: a negative one stays a number),
+    or an empty cell."""
+    return "" if value is None else round(float(value), 3)
+
+
 def write_csv(path, header, rows):
     with open(path, "w", newline="") as out:
         writer = csv.writer(out)
@@ -472,15 +485,15 @@ def write_report(out=OUT):
     write_csv(out / "checks.csv", ["assignment", "check", "notebook", "points", "submissions", "passed", "pass_rate",
                                    "points_lost", "discrimination", "rule", "rule_sentence", "failures", "students",
                                    "example"],
-              [(r.name, c.name, c.notebook, c.points, len(c.scores), c.passed, fmt(c.pass_rate, "{:.3f}", ""),
-                c.points_lost, fmt(r.discrimination(c), "{:.3f}", ""), rule, sentence(rule), count, " ".join(students),
+              [(r.name, c.name, c.notebook, c.points, len(c.scores), c.passed, number(c.pass_rate),
+                c.points_lost, number(r.discrimination(c)), rule, sentence(rule), count, " ".join(students),
                 "\n".join(example.message.splitlines()[:EXAMPLE_LINES]))
                for r in reports for c in sorted(r.checks.values(), key=lambda c: (-c.points_lost, c.name))
                for rule, count, students, example in (c.rules() or [("", 0, [], Failure("", "", ""))])])
     write_csv(out / "similarity.csv", ["assignment", "notebook", "function", "student_a", "student_b",
                                        "shared_of_a", "shared_of_b"],
-              [(r.name, p.notebook, p.function, p.students[0], p.students[1], f"{p.similarity[0]:.3f}",
-                f"{p.similarity[1]:.3f}") for r in reports for p in r.similar])
+              [(r.name, p.notebook, p.function, p.students[0], p.students[1], round(p.similarity[0], 3),
+                round(p.similarity[1], 3)) for r in reports for p in r.similar])
     (out / "report.json").write_text(json.dumps({
         r.name: {"totals": r.totals, "histogram": score_histogram(r) if r.totals else None,
                  "checks": {c.name: {"rules": {rule: count for rule, count, _, _ in c.rules()},

@@ -22,7 +22,8 @@ def _escaped(char):
         return {"\n": "\\n", "\r": "\\r", "\t": "\\t"}[char]
     # Cc: control characters (C0, DEL, C1: escape sequences). Cf: format characters (bidi overrides,
     # zero-width joiners) that make a line read differently from what it holds. Zl/Zp: line breaks.
-    if unicodedata.category(char) in ("Cc", "Cf", "Zl", "Zp"):
+    # Cs: a lone surrogate (a file name that is not UTF-8), which no terminal or file can take as it is.
+    if unicodedata.category(char) in ("Cc", "Cf", "Cs", "Zl", "Zp"):
         return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
     return char
 

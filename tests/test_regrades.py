@@ -47,7 +47,7 @@ def test_the_batch_shows_its_progress_in_plain_lines(course):
     assert re.search(r"^  \[1/3\] \S+ attention_surgeon (ok|NOT FINISHED) \d+ s; so far \d+ not finished, "
                      r"\d+ student\(s\) flagged; about \d+ s left$", output, re.MULTILINE), output
     ours = [line for line in output.splitlines() if not line.startswith("make")]  # make[1]: under `make test`
-    assert "[3/3]" in output and ours[-1].startswith("graded 3 submission(s)")
+    assert "[3/3]" in output and ours[-2].startswith("graded 3 submission(s)") and "make report" in ours[-1]
     assert "\x1b" not in output and "\r" not in output, "no terminal control codes in a log"
 
 
@@ -103,3 +103,29 @@ def test_regrade_decides_one_check_again_and_nothing_else(course):
     gradients = before["correct"]["check_attention_gradients"][0]
     assert gradients > 0 and read_grades(course)["correct"] == sum(v[0] or 0 for v in before["correct"].values()) - gradients
     assert make(course, "regrade", "CHECK=no_such_check", check=False).returncode != 0
+
+
+def test_a_regrade_that_flags_a_check_says_so_once_and_a_later_one_clears_it(course):
+    """A check re-decided as "flagged for a TA" is named in a FLAGGED line and in .grading/flags, once
+    however often it is re-decided; re-decided again without a flag, its line goes."""
+    course, _ = course
+    check = course / "autograder" / "checks" / "attention.py"
+    original = check.read_text()
+    marker = "def attention_gradients(student):\n"
+    check.write_text(original.replace(marker, marker + '    raise NeedsTA("flagged for a TA: the check was changed")\n'))
+    try:
+        outputs = [make(course, "regrade", "CHECK=attention_gradients").stdout for _ in range(2)]
+    finally:
+        check.write_text(original)
+    for output in outputs:
+        assert sorted(re.findall(r"FLAGGED for a TA: (\w+): " + NB1 + ": attention_gradients: ", output)) == sorted(STUDENTS)
+    for student in STUDENTS:
+        lines = (course / ".grading" / "flags" / f"{student}.txt").read_text().splitlines()
+        assert [line for line in lines if ": attention_gradients: " in line] == \
+            [f"{NB1}: attention_gradients: flagged for a TA: the check was changed"]
+        assert grade_cells(course, student)["check_attention_gradients"] == (None, True)
+    output = make(course, "regrade", "CHECK=attention_gradients").stdout
+    assert "FLAGGED" not in output
+    for student in STUDENTS:
+        flags = course / ".grading" / "flags" / f"{student}.txt"
+        assert not flags.exists() or ": attention_gradients: " not in flags.read_text()

@@ -1,7 +1,7 @@
 """The rules a hidden check can find broken: a stable id and one sentence each.
 
-Trusted code. Every failure of a check names the rule it found broken (`CheckFailed(message,
-rule=...)`), so the instructor's report (autograder/report.py) can count, per check, how many
+Trusted code. Every failure of a check names the rule it found broken (`CheckFailed(rule,
+message)`), so the instructor's report (autograder/report.py) can count, per check, how many
 students broke which rule, without reading the prose of the messages. An id never changes once a
 batch has used it; a new rule gets a new id. tests/test_report.py holds every id a check raises
 to this table.
@@ -44,7 +44,6 @@ RULES = {
     "experiment-repeatable": "an experiment must give the same result for the same seed",
     "experiment-shows-the-lesson": "an experiment's numbers must show what the lesson says they show",
     # Notebook 4 (bonus): beyond one head.
-    "heads-split-and-merge": "heads must be split and merged back in the right order",
     "kv-cache": "a KV cache must give what full attention gives and grow by one step per call",
     "dropout": "dropout must drop independently with the given probability, and only in training",
     "memory-grows-as-expected": "the memory a method needs must grow with the sequence as its design says",
@@ -53,6 +52,9 @@ RULES = {
     "answers-in-time": "the code must answer within the time limits",
     "deterministic": "the same input must give the same result",
     "answered": "the exercise must be answered",
+    # The report's own, for a check that lost points without a failure of its own.
+    "not-decided": "the check was not decided: grading stopped before it (a time limit, a crash)",
+    "scored-by-a-ta": "a TA gave part of the points by hand",
 }
 
 
