@@ -7,7 +7,8 @@ so two writes to one student's rows never overlap, whatever the gradebook (SQLit
         |                                        finished; for the others the staged notebook) and
         |                                        the staged files beside them (timestamp.txt included)
         | nbgrader's Autograde converter, without running anything:
-        |   sanitize  nbgrader's steps but ClearOutput (the outputs are the verdicts)
+        |   sanitize  nbgrader's steps but ClearOutput (the outputs are the verdicts), when a
+        |             notebook is the staged one (the host sanitized those it returns)
         |   autograde ApplyReturnedGrades, then nbgrader's AssignLatePenalties
     gradebook (course_config.GRADEBOOK_URL), autograded/<student>/<assignment>/
 
@@ -93,12 +94,15 @@ def apply_result(result, staged, returned_root):
     for path in sorted(staged.iterdir()):
         if path.is_file() and not path.is_symlink():
             shutil.copyfile(path, folder / path.name)
+    staged_notebooks = {path.stem for path in folder.glob("*.ipynb")}
     for name, text in result["notebooks"].items():
-        if (folder / f"{name}.ipynb").exists():  # only the notebooks the course has
+        if name in staged_notebooks:  # only the notebooks the course has
             (folder / f"{name}.ipynb").write_text(text)
     config = copy.deepcopy(course_config.c)  # Config.copy() is shallow: the course's own would change
     config.CourseDirectory.submitted_directory = str(returned_root)
-    config.Autograde.sanitize_preprocessors = SANITIZE
+    # The grading host sanitized what it returns (nbgrader's own steps, in its autograde); a staged
+    # notebook it did not finish is sanitized here. Skipping the step halves the writer's time.
+    config.Autograde.sanitize_preprocessors = [] if staged_notebooks <= set(result["notebooks"]) else SANITIZE
     config.Autograde.autograde_preprocessors = APPLY
     config.ApplyReturnedGrades.grades = {k: v for k, v in result["grades"].items() if k in result["notebooks"]}
     config.ApplyReturnedGrades.comments = result["comments"]
