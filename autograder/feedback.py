@@ -24,6 +24,19 @@ FLAGS = course_config.COURSE_ROOT / ".grading" / "flags"  # <student>.txt: check
 NOTES_NAME = "grading_notes.html"
 
 
+def drop_flags(student, prefixes):
+    """Remove the lines of .grading/flags/<student>.txt ("<notebook>: <check>: why") that start with one
+    of `prefixes`; the file goes when no line is left."""
+    path = FLAGS / f"{student}.txt"
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text().splitlines() if not line.startswith(tuple(prefixes))]
+    if kept:
+        path.write_text("\n".join(kept) + "\n")
+    else:
+        path.unlink()
+
+
 def pending_reason(cell):
     """Why a grade is not decided yet, in the student's words."""
     if cell.cell_type == "markdown" or cell.metadata.nbgrader.get("solution"):

@@ -43,7 +43,7 @@ import course_config
 
 from .apply_results import apply_result
 from .cluster import grading_client, refusals
-from .feedback import FLAGS, generate_feedback, load_reports, save_reports
+from .feedback import FLAGS, drop_flags, generate_feedback, load_reports, save_reports
 from .grading_task import (encode_request, failed_result, grade_submission, package_digest, parse_key, read_result,
                            submission_key)
 from .nbgrader_cli import run_nbgrader
@@ -401,15 +401,7 @@ class Progress:
 def forget_flags(assignment, student):
     """Remove what an earlier batch flagged in this submission's notebooks (.grading/flags/<student>.txt
     holds one line per check, starting with its notebook); the student's other assignment keeps its own."""
-    path = FLAGS / f"{student}.txt"
-    if not path.exists():
-        return
-    notebooks = tuple(f"{nb.stem}: " for nb in release_notebooks(assignment))
-    kept = [line for line in path.read_text().splitlines() if not line.startswith(notebooks)]
-    if kept:
-        path.write_text("\n".join(kept) + "\n")
-    else:
-        path.unlink()
+    drop_flags(student, [f"{nb.stem}: " for nb in release_notebooks(assignment)])
 
 
 def staged_files(key):

@@ -15,7 +15,7 @@ from nbgrader.api import Gradebook, MissingEntry
 
 import course_config
 
-from .feedback import FLAGS, generate_feedback
+from .feedback import drop_flags, generate_feedback
 from .nbgrader_cli import run_nbgrader
 from .checks import REGISTRY
 from .pipeline import (decide_checks, graded_answers, hidden_check_name, record_flags, student_code,
@@ -42,19 +42,6 @@ def with_their_families(nb, names):
     return list(dict.fromkeys([*names, *kin]))
 
 
-def forget_flags_of(student, notebook, names):
-    """Drop the lines of .grading/flags/<student>.txt that flag `names` in `notebook`: they are decided again."""
-    path = FLAGS / f"{student}.txt"
-    if not path.exists():
-        return
-    stale = tuple(f"{notebook}: {name}: " for name in names)
-    kept = [line for line in path.read_text().splitlines() if not line.startswith(stale)]
-    if kept:
-        path.write_text("\n".join(kept) + "\n")
-    else:
-        path.unlink()
-
-
 def redecide(choose, cuda_available):
     """For each autograded notebook, `choose(nb, grades)` -> [(cell, check name, grade)] to decide again
     (grades: {grade id: nbgrader Grade}); returns (decided, still pending, the lines flagged for a TA)."""
@@ -73,7 +60,7 @@ def redecide(choose, cuda_available):
                 continue
             verdicts = decide_checks(student_code(nb), student_written_code(nb), graded_answers(nb),
                                      with_their_families(nb, [name for _, name, _ in chosen]), cuda_available, log)
-            forget_flags_of(student, notebook, [name for _, name, _ in chosen])
+            drop_flags(student, [f"{notebook}: {name}: " for _, name, _ in chosen])  # decided again below
             record_flags({"student": student, "notebook": notebook},
                          {name: verdicts[name].message for _, name, _ in chosen if verdicts[name].flagged})
             for cell, name, grade in chosen:
