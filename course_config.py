@@ -226,7 +226,7 @@ c.OverwriteCells.add_missing_cells = True
 # kernel (autograder/pipeline.py). The list is nbgrader's default with our
 # steps added; see the docstrings there.
 c.Autograde.autograde_preprocessors = [
-    "autograder.pipeline.StartTrustedChecks",
+    "autograder.pipeline.PlanTrustedChecks",
     "autograder.pipeline.SandboxedExecute",
     "autograder.pipeline.TrustedChecks",
     "autograder.student_content.InertStudentContent",

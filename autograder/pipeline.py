@@ -1,24 +1,27 @@
-"""nbgrader preprocessors that move the hidden checks out of the student's kernel.
+"""nbgrader preprocessors that keep the hidden checks out of the student's kernel.
 
 Trusted code. course_config.py puts them into nbgrader's autograde pipeline:
 
-    StartTrustedChecks   start deciding each hidden check here, in a thread,
-                         against the student's code in a sandboxed worker
-                         (it overlaps with the kernel run below)
-    SandboxedExecute     run the notebook in the student's (sandboxed) kernel,
-                         with every hidden-check call left out
-    TrustedChecks        collect the verdicts; each becomes its cell's output
-                         (an error output = no points)
+    PlanTrustedChecks    which hidden checks this notebook has, and the student's
+                         code they are decided against
+    SandboxedExecute     run the notebook in the student's (sandboxed) kernel, with
+                         every hidden-check call left out; once every cell has run,
+                         decide each hidden check here, asking that same kernel to
+                         call the student's functions (a fresh worker instead, when
+                         the kernel died, ran out of time or hung on a call)
+    TrustedChecks        each verdict becomes its cell's output (an error output =
+                         no points)
     SaveAutoGrades       nbgrader's own: scores from outputs into the gradebook
     RecordPendingChecks  checks that could not be decided here (GPU checks on a
                          host without CUDA) become "needs manual grade"
 
 Plain nbgrader would run the hidden tests inside the student's kernel, where
-one student cell can rewrite them. Here that kernel never sees them.
+one student cell can rewrite them. Here that kernel never sees them: it only
+answers calls with values, which the checks judge in this process.
 """
 import re
+from dataclasses import dataclass
 from pathlib import Path
-from concurrent.futures import ThreadPoolExecutor
 
 import IPython.lib.pretty  # noqa: F401 - see below
 import nbformat
@@ -37,7 +40,7 @@ from .checks.rules import sentence
 from .sandbox import sandboxed_kernel_manager_class
 from .feedback import FLAGS
 from .safe_text import one_line
-from .student import SandboxedStudent
+from .student import KernelConnection, SandboxedStudent
 from .time_budget import submission_deadline
 
 # IPython.lib.pretty is imported above, in this process's main thread, before any checks thread
@@ -60,11 +63,20 @@ def hidden_check_name(cell):
     return match.group(1) if match else None
 
 
+def _is_student_code(cell):
+    return cell.cell_type == "code" and not is_test_cell(cell) and SKIP_TAG not in cell.metadata.get("tags", [])
+
+
 def student_code(nb):
-    """The code the worker loads: every code cell but the test cells, in notebook order."""
-    return [cell.source for cell in nb.cells
-            if cell.cell_type == "code" and not is_test_cell(cell)
-            and SKIP_TAG not in cell.metadata.get("tags", [])]
+    """The code a worker loads: every code cell but the test cells, in notebook order."""
+    return [cell.source for cell in nb.cells if _is_student_code(cell)]
+
+
+def student_code_position(nb, cell_index):
+    """Where notebook cell `cell_index` is in `student_code(nb)`, or None when it is not there."""
+    if cell_index is None or not _is_student_code(nb.cells[cell_index]):
+        return None
+    return sum(map(_is_student_code, nb.cells[:cell_index]))
 
 
 def student_written_code(nb):
@@ -107,9 +119,13 @@ class SandboxedExecute(Execute):
     * hidden-check calls are not run there: their cells run as a comment, and
       TrustedChecks writes their outputs;
     * what a cell prints is capped (`max_output_chars`, `max_output_lines`), whatever its shape;
+    * once the last cell has run, the hidden checks (PlanTrustedChecks) are decided
+      here, against this same kernel: one sandboxed process per notebook runs it and
+      answers the checks' calls (sandboxed_worker/kernel.py);
     * a cell that runs past the time limit, or a kernel that dies, stops the
       run with a note on that cell; the notebook is still graded as far as it
-      can be (hidden checks run in their own worker).
+      can be: the checks ask a fresh worker, which loads the student's code
+      without that cell (a run stopped by the submission's clock decides nothing more).
     """
 
     max_output_chars = Integer(course_config.OUTPUT_MAX_CHARS,
@@ -124,8 +140,12 @@ class SandboxedExecute(Execute):
         self.timeout_func = self._cell_timeout
         self._output_chars = {}
         self._current_cell = None
+        self._plan = self._verdicts = None
 
     def preprocess(self, nb, resources):
+        info = resources.setdefault("nbgrader", {})
+        plan = info.get("trusted_checks")
+        self._plan, self._verdicts = (plan if isinstance(plan, ChecksPlan) else None), None
         if is_unanswered(nb, resources):
             self._current_cell = None
             self._note(nb, UNANSWERED, ename="NotRun")
@@ -137,23 +157,49 @@ class SandboxedExecute(Execute):
                 originals[index] = cell.source
                 cell.source = f"# hidden check {name!r}: decided by the autograder, outside this kernel"
         self._output_chars, self._current_cell = {}, None
+        stopped = {}  # how a worker must load the code if the kernel cannot answer (ChecksPlan.decide)
         try:
             nb, resources = super().preprocess(nb, resources)
         except CellTimeoutError:
-            self._note(nb, self._timed_out_message())
+            message = self._timed_out_message()
+            self._note(nb, message)
+            clock = submission_deadline()
+            if clock is not None and clock.remaining() <= 1:
+                stopped = {"broken": clock.reason}
+            else:
+                stopped = self._skip_current(nb, f"did not finish within {course_config.CELL_TIMEOUT_S} s")
         except DeadKernelError:
             self._note(nb, "the kernel died while running this cell (out of memory, os._exit or a crash); "
                            "the cells after it were not run")
+            stopped = self._skip_current(nb, "killed the process running it (the notebook's kernel died)")
         except Exception as err:  # noqa: BLE001 - the rest of the pipeline still grades what it can
             self._note(nb, f"the notebook could not be run: {type(err).__name__}: {str(err)[:300]}")
         finally:
             for index, source in originals.items():
                 nb.cells[index].source = source
+        if self._plan is not None:
+            if self._verdicts is None:  # the kernel could not answer: a worker does
+                self._verdicts = self._plan.decide(self.log, **stopped)
+            info["trusted_checks"] = _Decided(self._verdicts)
         return nb, resources
 
     def preprocess_cell(self, cell, resources, index):
         self._current_cell = index
-        return super().preprocess_cell(cell, resources, index)
+        cell, resources = super().preprocess_cell(cell, resources, index)
+        if index == len(self.nb.cells) - 1 and self._plan is not None:
+            self._verdicts = self._plan.decide(self.log, kernel=self._kernel_connection())
+        return cell, resources
+
+    def _kernel_connection(self):
+        """The kernel that has just run every cell, ready to answer the checks; None if it cannot."""
+        if not hasattr(self.km, "checks_socket"):
+            return None
+        return KernelConnection.open(self.km.checks_socket, self.km.stop_sandbox, self.log)
+
+    def _skip_current(self, nb, reason):
+        """A worker leaves out the cell that stopped the kernel, rather than wait for it again."""
+        position = student_code_position(nb, self._current_cell)
+        return {} if position is None else {"skipped_cells": {position: reason}}
 
     def _cell_timeout(self, cell):
         """The cell's limit, or what is left of the submission's clock if that is less (at least 1 s:
@@ -201,17 +247,30 @@ def grading_on_cuda():
     return torch.cuda.is_available() and course_config.GRADE_ON_CUDA != "off"
 
 
-def decide_checks(code, sources, answers, names, cuda_available, log):
-    """{check name: Verdict} for `names`, against the student's `code` in one sandboxed worker."""
-    with SandboxedStudent(code, sources=sources, answers=answers) as student:
-        verdicts = run_checks(names, student, cuda_available=cuda_available)
-    for name, verdict in verdicts.items():
-        log.info("hidden check %s: %s", name, verdict.status)
-    return verdicts
+@dataclass
+class ChecksPlan:
+    """The hidden checks of one notebook, and the student's code they are decided against."""
+    names: list  # the checks, in notebook order
+    code: list  # the cells a worker loads, if one is needed (student_code)
+    sources: list  # the cells the static scan reads (student_written_code)
+    answers: dict  # grade id -> the answer cell (graded_answers)
+    cuda_available: bool
+
+    def decide(self, log, kernel=None, skipped_cells=None, broken=None):
+        """{check name: Verdict}. Calls go to the notebook's kernel (`kernel`, a KernelConnection) when
+        given, else, or once it fails, to a fresh worker that loads `code` without `skipped_cells`;
+        `broken` says why nothing can be called (every check then fails or waits with that reason)."""
+        with SandboxedStudent(self.code, sources=self.sources, answers=self.answers, kernel=kernel,
+                              skipped_cells=skipped_cells, broken=broken) as student:
+            verdicts = run_checks(self.names, student, cuda_available=self.cuda_available)
+        for name, verdict in verdicts.items():
+            log.info("hidden check %s: %s", name, verdict.status)
+        return verdicts
 
 
-class StartTrustedChecks(NbGraderPreprocessor):
-    """Start deciding the hidden checks (in a thread) before the student's kernel runs."""
+class PlanTrustedChecks(NbGraderPreprocessor):
+    """Which hidden checks this notebook has, and against what; SandboxedExecute decides them. A notebook
+    nobody answered (`is_unanswered`) fails every check here, without a kernel."""
 
     cuda_available = Bool(None, allow_none=True, help="Override CUDA detection (None: ask torch).").tag(config=True)
 
@@ -219,19 +278,17 @@ class StartTrustedChecks(NbGraderPreprocessor):
         names = [name for cell in nb.cells if (name := hidden_check_name(cell))]
         if not names:
             return nb, resources
+        info = resources.setdefault("nbgrader", {})
         if is_unanswered(nb, resources):
-            resources["nbgrader"]["trusted_checks"] = _Decided({name: Verdict("failed", UNANSWERED, rule="answered") for name in names})
+            info["trusted_checks"] = _Decided({name: Verdict("failed", UNANSWERED, rule="answered") for name in names})
             return nb, resources
         cuda = grading_on_cuda() if self.cuda_available is None else self.cuda_available
-        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="trusted-checks")
-        resources.setdefault("nbgrader", {})["trusted_checks"] = pool.submit(
-            decide_checks, student_code(nb), student_written_code(nb), graded_answers(nb), names, cuda, self.log)
-        pool.shutdown(wait=False)
+        info["trusted_checks"] = ChecksPlan(names, student_code(nb), student_written_code(nb), graded_answers(nb), cuda)
         return nb, resources
 
 
 class _Decided:
-    """Verdicts known without running anything, in the shape of a finished future."""
+    """The verdicts of a notebook's checks, for TrustedChecks."""
 
     def __init__(self, verdicts):
         self.verdicts = verdicts

@@ -52,7 +52,7 @@ def preflight():
     finally:
         cap.kill_all()  # an empty group, removed: a batch leaves nothing behind
     most = course_config.MAX_PROCESSES + PROBE_MARGIN
-    with SandboxedStudent([PROBE_CODE]) as probe:
+    with SandboxedStudent([PROBE_CODE], purpose="preflight") as probe:
         try:
             outcome = probe.call("ping")
             started = probe.call("start_threads", most).value

@@ -18,7 +18,7 @@ import course_config
 from .feedback import drop_flags, generate_feedback
 from .nbgrader_cli import run_nbgrader
 from .checks import REGISTRY
-from .pipeline import (decide_checks, graded_answers, hidden_check_name, record_flags, student_code,
+from .pipeline import (ChecksPlan, graded_answers, hidden_check_name, record_flags, student_code,
                        student_written_code, verdict_outputs)
 from .safe_text import one_line
 
@@ -58,8 +58,9 @@ def redecide(choose, cuda_available):
             chosen = choose(nb, grades)
             if not chosen:
                 continue
-            verdicts = decide_checks(student_code(nb), student_written_code(nb), graded_answers(nb),
-                                     with_their_families(nb, [name for _, name, _ in chosen]), cuda_available, log)
+            plan = ChecksPlan(with_their_families(nb, [name for _, name, _ in chosen]), student_code(nb),
+                              student_written_code(nb), graded_answers(nb), cuda_available)
+            verdicts = plan.decide(log)  # no kernel: a worker loads the graded notebook's code
             drop_flags(student, [f"{notebook}: {name}: " for _, name, _ in chosen])  # decided again below
             record_flags({"student": student, "notebook": notebook},
                          {name: verdicts[name].message for _, name, _ in chosen if verdicts[name].flagged})

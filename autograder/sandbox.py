@@ -270,14 +270,31 @@ SANDBOX_IPC_DIR = "/ipc"
 SANDBOX_IPC_BYTES = 1 << 20
 
 
+# How a python kernelspec starts ipykernel; a kernel started so is started by the launcher below instead.
+IPYKERNEL_LAUNCHER = ["-m", "ipykernel_launcher"]
+# The socket the kernel's launcher answers the hidden checks on, in the kernel's IPC folder.
+CHECKS_SOCKET_NAME = "checks"
+
+
+def kernel_argv_with_checks(kernel_argv, worker_dir):
+    """The kernel's command line with sandboxed_worker/kernel.py (ipykernel, plus the hidden checks'
+    socket) in place of ipykernel_launcher. A kernelspec of another kind is left as it is: its
+    notebook's checks are answered by a worker."""
+    argv = [python_executable(), *kernel_argv[1:]]
+    if argv[1:3] == IPYKERNEL_LAUNCHER:
+        argv[1:3] = [f"{worker_dir}/kernel.py"]
+    return argv
+
+
 def kernel_command(kernel_argv, assignment_dir, work_dir, connection_file, cap):
     """The student's Jupyter kernel in the sandbox. Its cwd, `work_dir`, is a tmpfs of
-    SANDBOX_WRITABLE_MB holding a copy of its assignment folder; its sockets are in SANDBOX_IPC_DIR,
-    a tmpfs of its own; it reads its connection file (read-only) and sees nothing else of the host."""
-    argv = [python_executable(), *kernel_argv[1:]]
+    SANDBOX_WRITABLE_MB holding a copy of its assignment folder; its sockets (ZeroMQ's, and the one it
+    answers the hidden checks on) are in SANDBOX_IPC_DIR, a tmpfs of its own; it reads its connection
+    file and the launcher's files (read-only) and sees nothing else of the host."""
     prefix = sandbox_prefix(extra_ro_binds=[(assignment_dir, SANDBOX_ASSIGNMENT_DIR),
-                                            (connection_file, connection_file)],
+                                            (connection_file, connection_file), (WORKER_DIR, SANDBOX_WORKER_DIR)],
                             extra_tmpfs=[work_dir, (SANDBOX_IPC_DIR, SANDBOX_IPC_BYTES)], chdir=str(work_dir))
+    argv = kernel_argv_with_checks(kernel_argv, SANDBOX_WORKER_DIR if prefix else str(WORKER_DIR))
     if not prefix:  # no sandbox (a trusted test machine): a copy on the host's disk
         shutil.copytree(assignment_dir, work_dir, ignore=shutil.ignore_patterns("*.ipynb"), symlinks=False)
         return limited_command([], argv, cap)
@@ -312,11 +329,12 @@ def python_executable():
     return os.path.join(os.path.realpath(sys.prefix), "bin", "python")
 
 
-def worker_command(cap):
-    """The command line of a sandboxed worker (autograder/sandboxed_worker/worker.py)."""
+def worker_command(cap, purpose="checks"):
+    """The command line of a sandboxed worker (autograder/sandboxed_worker/worker.py). `purpose` (checks,
+    preflight, ...) is its one argument: the worker ignores it; `ps` shows it."""
     prefix = sandbox_prefix(extra_ro_binds=[(WORKER_DIR, SANDBOX_WORKER_DIR)])
     worker_dir = SANDBOX_WORKER_DIR if prefix else str(WORKER_DIR)
-    return limited_command(prefix, [python_executable(), "-s", "-E", f"{worker_dir}/worker.py"], cap)
+    return limited_command(prefix, [python_executable(), "-s", "-E", f"{worker_dir}/worker.py", purpose], cap)
 
 
 # A Unix socket path holds at most 107 bytes; the kernel's sockets are "<dir>/kernel-<port>".
@@ -369,8 +387,27 @@ def sandboxed_kernel_manager_class():
             # helper modules), never the folder nbgrader writes the graded notebook to.
             self.assignment_dir = Path(kw.pop("cwd", None) or ".").resolve()
             kw["env"] = sandbox_environment(home=str(self.work_dir))
+            checks_dir = SANDBOX_IPC_DIR if self.sandboxed else str(self.ipc_dir)
+            kw["env"][protocol.CHECKS_SOCKET_VARIABLE] = f"{checks_dir}/{CHECKS_SOCKET_NAME}"
             kw["cwd"] = str(self.ipc_dir)
             return await AsyncKernelManager.start_kernel(self, **kw)
+
+        @property
+        def checks_socket(self):
+            """The host's path of the socket the kernel answers the hidden checks on (kernel.py)."""
+            return str(Path(self.ip).parent / CHECKS_SOCKET_NAME)
+
+        def stop_sandbox(self):
+            """Kill the kernel and every process of its sandbox now (from any thread): a hidden check's call
+            hung in it. nbclient's shutdown later finds it dead and removes the rest."""
+            process = getattr(self.provisioner, "process", None)
+            if process is not None:
+                try:
+                    os.killpg(process.pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+            if self.cap is not None:
+                self.cap.kill_all()
 
         async def shutdown_kernel(self, now=False, restart=False):
             try:

@@ -1,14 +1,16 @@
 """The grader's handle on a student's code: call a function, get plain values back.
 
-Trusted code. `SandboxedStudent` runs the student's notebook code in a
-sandboxed worker process (autograder/sandboxed_worker/) and talks to it over a
-pipe with the JSON protocol; `InProcessStudent` calls the functions of the
-instructor's own kernel (for `hidden_check` in source notebooks). Checks see
-the same `Outcome` either way.
+Trusted code. `SandboxedStudent` talks with the JSON protocol to a sandboxed
+process that holds the student's notebook code: the notebook's own kernel once
+nbgrader has run it (a Unix socket, `KernelConnection`), or a worker that loads
+the code itself (a pipe, `WorkerProcess`; autograder/sandboxed_worker/).
+`InProcessStudent` calls the functions of the instructor's own kernel (for
+`hidden_check` in source notebooks). Checks see the same `Outcome` either way.
 """
 import os
 import select
 import signal
+import socket
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -172,26 +174,148 @@ class InProcessStudent(StudentCode):
         return protocol.loads(protocol.dumps(reply))
 
 
-class SandboxedStudent(StudentCode):
-    """A student's notebook code, loaded into a sandboxed worker process.
+class LineChannel:
+    """One process that answers the grader's requests, one JSON line each way (protocol.py).
 
-    The worker starts on first use. If a call hangs or the worker dies, it is
-    killed (with every process it started) and `StudentUnresponsive` is
-    raised; the next call starts a fresh worker. If loading the notebook code
-    itself hangs or fails to start, every later call fails at once with that
-    reason, so a broken submission costs one time-out, not one per check.
+    Replies are read within a deadline and the wire's size cap; `kill` stops the process with
+    everything it started and returns (exit code or None, the end of what it wrote on stderr)."""
+
+    def __init__(self, reply_fd):
+        self._reply_fd = reply_fd
+        self._buffer = b""
+
+    def send(self, message):
+        raise NotImplementedError
+
+    def receive(self, deadline):
+        while b"\n" not in self._buffer:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not select.select([self._reply_fd], [], [], remaining)[0]:
+                raise TimeoutError
+            chunk = os.read(self._reply_fd, 1 << 20)
+            if not chunk:
+                raise EOFError
+            self._buffer += chunk
+            if len(self._buffer) > protocol.MAX_MESSAGE_BYTES:
+                raise protocol.ProtocolError("reply too large")
+        line, _, self._buffer = self._buffer.partition(b"\n")
+        return protocol.loads(line)
+
+    def kill(self):
+        raise NotImplementedError
+
+
+class WorkerProcess(LineChannel):
+    """A sandboxed worker (sandboxed_worker/worker.py) started here: requests on its stdin, replies on
+    its stdout. `purpose` names it on its command line (what `ps` shows; what a test counts)."""
+
+    def __init__(self, purpose):
+        self._cap = process_cap()
+        self._process = subprocess.Popen(
+            worker_command(self._cap, purpose), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, env=sandbox_environment(), start_new_session=True, bufsize=0)
+        super().__init__(self._process.stdout.fileno())
+
+    def send(self, message):
+        self._process.stdin.write(protocol.dumps(message))
+        self._process.stdin.flush()
+
+    def kill(self):
+        process = self._process
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self._cap.kill_all()  # everything the worker started, wherever it went
+        try:
+            code = process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            code = None
+        try:  # the worker writes nothing to stderr once student code runs: this is bwrap's or Python's
+            stderr = process.stderr.read(64_000).decode("utf-8", "replace").strip()[-500:]
+        except (OSError, ValueError):
+            stderr = ""
+        for pipe in (process.stdin, process.stdout, process.stderr):
+            try:
+                pipe.close()
+            except OSError:
+                pass
+        return code, stderr
+
+
+class KernelConnection(LineChannel):
+    """The notebook's own kernel, after nbgrader has run every cell in it: requests and replies over the
+    Unix socket its launcher listens on (sandboxed_worker/kernel.py). Its namespace is the notebook's,
+    already loaded. `stop` kills the kernel's sandbox (a call that hangs there cannot be interrupted)."""
+
+    CONNECT_TIMEOUT_S = 5
+
+    def __init__(self, path, stop):
+        self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._stop = stop
+        try:
+            self._socket.settimeout(self.CONNECT_TIMEOUT_S)
+            self._socket.connect(str(path))
+            self._socket.settimeout(course_config.CALL_TIMEOUT_S)  # a send the kernel does not read stops
+        except OSError:
+            self._socket.close()
+            raise
+        super().__init__(self._socket.fileno())
+
+    @classmethod
+    def open(cls, path, stop, log=None):
+        """A connection to the kernel's checks socket at `path` that has answered a ping, or None when
+        nothing answers there within CONNECT_TIMEOUT_S (a kernel of another kind, or one whose listener
+        the student's code closed or took): a worker answers instead, and no check lost any time."""
+        connection = None
+        try:
+            connection = cls(path, stop)
+            connection.send({"op": "ping"})
+            if connection.receive(time.monotonic() + cls.CONNECT_TIMEOUT_S) == {"ok": True}:
+                return connection
+            reason = "it did not answer a ping as the protocol says"
+        except (OSError, EOFError, protocol.ProtocolError) as err:  # TimeoutError is an OSError
+            reason = f"{type(err).__name__}: {err}"
+        if log is not None:
+            log.info("the kernel does not answer the checks (%s); a worker will", reason)
+        if connection is not None:
+            connection._socket.close()  # the kernel is left running: nbclient shuts it down as always
+        return None
+
+    def send(self, message):
+        self._socket.sendall(protocol.dumps(message))
+
+    def kill(self):
+        try:
+            self._socket.close()
+        finally:
+            self._stop()
+        return None, ""
+
+
+class SandboxedStudent(StudentCode):
+    """A student's notebook code in a sandboxed process that answers the grader's requests.
+
+    That process is the notebook's own kernel when one is given (`kernel`, a KernelConnection, after
+    nbgrader has run the notebook in it), else a worker started on first use that loads the cells
+    (`cells`) itself. If a call hangs or the process dies, it is killed (with every process it
+    started) and `StudentUnresponsive` is raised; the next call starts a fresh worker. If loading
+    the notebook code itself hangs or fails to start, every later call fails at once with that
+    reason, so a broken submission costs one time-out, not one per check. `skipped_cells` (cell
+    index -> why) are left out of a worker's load from the start: the cell that stopped the kernel.
+    `broken` says why nothing can be called at all (the submission's time is up).
     """
 
-    def __init__(self, cells, sources=None, answers=None):
+    def __init__(self, cells, sources=None, answers=None, kernel=None, skipped_cells=None, broken=None,
+                 purpose="checks"):
         self.cells = list(cells)
         self.sources = list(sources if sources is not None else cells)
         self.answers = dict(answers) if answers is not None else None
         self.load_errors = []
-        self.skipped_cells = {}  # cell index -> why it was left out (it hung or killed the worker)
-        self._cap = None
-        self.broken = None  # why this student's code cannot be called at all
-        self._process = None
-        self._buffer = b""
+        self.skipped_cells = dict(skipped_cells or {})  # cell index -> why it was left out
+        self.broken = broken  # why this student's code cannot be called at all
+        self.purpose = purpose
+        self._channel = kernel
 
     def _limit(self, timeout):
         """The deadline of a request: the call's own, the check's budget or the submission's clock,
@@ -205,15 +329,15 @@ class SandboxedStudent(StudentCode):
         if self.broken:
             raise StudentUnresponsive(self.broken)
         self._limit(timeout)
-        if self._process is None:
+        if self._channel is None:
             began = time.monotonic()
             self._start()
             if self.check_deadline is not None:  # loading the notebook is not the check's time
                 self.check_deadline.at += time.monotonic() - began
         limit = self._limit(timeout)  # the call's own time starts once the worker is up
         try:
-            self._send(message)
-            reply = self._receive(limit.at)
+            self._channel.send(message)
+            reply = self._channel.receive(limit.at)
         except TimeoutError:
             self._kill()
             raise StudentUnresponsive(limit.reason) from None
@@ -244,14 +368,14 @@ class SandboxedStudent(StudentCode):
             self._launch()
             index = None
             try:
-                self._send({"op": "ping"})  # start-up (sandbox, torch import) is not any cell's time
-                self._receive(deadline)
+                self._channel.send({"op": "ping"})  # start-up (sandbox, torch import) is not any cell's time
+                self._channel.receive(deadline)
                 for index, source in enumerate(self.cells):
                     if index in self.skipped_cells:
                         continue
-                    self._send({"op": "load", "cells": [source]})
+                    self._channel.send({"op": "load", "cells": [source]})
                     cell_deadline = min(deadline, time.monotonic() + course_config.CELL_TIMEOUT_S)
-                    reply = self._receive(cell_deadline)
+                    reply = self._channel.receive(cell_deadline)
                     self.load_errors += [dict(e, cell=index) for e in reply.get("errors", [])]
                 return
             except TimeoutError:
@@ -275,60 +399,17 @@ class SandboxedStudent(StudentCode):
             self.load_errors = [e for e in self.load_errors if e["cell"] < index]
 
     def _launch(self):
-        self._buffer = b""
-        self._cap = process_cap()
         try:
-            self._process = subprocess.Popen(
-                worker_command(self._cap), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE, env=sandbox_environment(), start_new_session=True, bufsize=0)
+            self._channel = WorkerProcess(self.purpose)
         except OSError as err:
             self.broken = f"the sandbox could not start: {err}"
             raise StudentUnresponsive(self.broken) from None
 
-    def _send(self, message):
-        self._process.stdin.write(protocol.dumps(message))
-        self._process.stdin.flush()
-
-    def _receive(self, deadline):
-        stdout = self._process.stdout
-        while b"\n" not in self._buffer:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not select.select([stdout], [], [], remaining)[0]:
-                raise TimeoutError
-            chunk = os.read(stdout.fileno(), 1 << 20)
-            if not chunk:
-                raise EOFError
-            self._buffer += chunk
-            if len(self._buffer) > protocol.MAX_MESSAGE_BYTES:
-                raise protocol.ProtocolError("reply too large")
-        line, _, self._buffer = self._buffer.partition(b"\n")
-        return protocol.loads(line)
-
     def _kill(self):
-        """Kill the worker and everything it started; return (exit code, the end of its stderr)."""
-        process, self._process = self._process, None
-        if process is None:
-            return None, ""
-        try:
-            os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        if self._cap is not None:
-            self._cap.kill_all()  # everything the worker started, wherever it went
-        try:
-            code = process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            code = None
-        try:  # the worker writes nothing to stderr once student code runs: this is bwrap's or Python's
-            stderr = process.stderr.read(64_000).decode("utf-8", "replace").strip()[-500:]
-        except (OSError, ValueError):
-            stderr = ""
-        for pipe in (process.stdin, process.stdout, process.stderr):
-            try:
-                pipe.close()
-            except OSError:
-                pass
-        return code, stderr
+        """Stop the process answering (the kernel, or a worker) and everything it started; return (exit
+        code, the end of its stderr)."""
+        channel, self._channel = self._channel, None
+        return channel.kill() if channel is not None else (None, "")
 
     def close(self):
         self._kill()

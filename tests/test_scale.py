@@ -6,6 +6,7 @@ workers); into a throw-away PostgreSQL server started here (Debian's postgresql,
 as the postgres user, a Unix socket only, no TCP; .ci/run installs the package, as a course's
 grading host would); and with a Dask worker killed with SIGKILL in the middle of a submission."""
 import glob
+import json
 import os
 import re
 import signal
@@ -16,12 +17,15 @@ import tempfile
 import time
 from pathlib import Path
 
+import nbformat
+import psutil
 import pytest
 
 from autograder.sandbox import TASK_PREFIX
-from tests.conftest import copy_course, make, read_grades, user_env
+from tests.conftest import SandboxRecorder, copy_course, make, read_grades, user_env
 from tests.students import BONUS, NB1, NB2, NB4, reference_answers, student_notebook, write_submission
 
+MASK = "create_reverse_mask"  # the grade id of the last mask answer
 NO_SCALE = ("scores = scores / math.sqrt(Q.shape[-1])", "scores = scores")
 DATABASE = "attention_surgeon"
 
@@ -73,8 +77,9 @@ def batch(course):
     write_submission(course, "no_scale", {NB1: student_notebook(answers, mutate=lambda c: c.replace(*NO_SCALE))})
     write_submission(course, "blank", {NB1: student_notebook({})})
     write_submission(course, "broken_json", {NB1: '{"cells": [ this is not json'})
-    write_submission(course, "exits_its_kernel", {NB1: student_notebook(masks, extra_cells=[("setup", "import os\nos._exit(0)")])})
-    write_submission(course, "loops_forever", {NB1: student_notebook(masks, extra_cells=[("setup", "while True:\n    pass")])})
+    # After the masks are written, a cell kills the kernel, or loops until the cell's time limit stops it.
+    write_submission(course, "exits_its_kernel", {NB1: student_notebook(masks, extra_cells=[(MASK, "import os\nos._exit(0)")])})
+    write_submission(course, "loops_forever", {NB1: student_notebook(masks, extra_cells=[(MASK, "while True:\n    pass")])})
     write_submission(course, "too_slow", {NB1: student_notebook({}, extra_cells=[("setup", "import time\ntime.sleep(6)")] * 12)})
     write_submission(course, "correct", {NB4: student_notebook(reference_answers(NB4), name=NB4)}, assignment=BONUS)
 
@@ -105,14 +110,15 @@ def on_sqlite(tmp_path_factory):
     course = copy_course(tmp_path_factory.mktemp("sqlite"))
     make(course, "release")
     batch(course)
+    sandboxes = SandboxRecorder(tmp_path_factory.mktemp("sandboxes"))
     started = time.monotonic()
-    result = make(course, "autograde", env=LIMITS)
+    result = make(course, "autograde", env={**LIMITS, **sandboxes.env})
     print(f"graded on SQLite in {time.monotonic() - started:.0f} s")
-    return course, result.stdout
+    return course, result.stdout, sandboxes
 
 
 def test_the_batch_grades_each_submission_for_what_it_is(on_sqlite):
-    course, output = on_sqlite
+    course, output, _ = on_sqlite
     grades = read_grades(course)
     assert sorted(grades) == STUDENTS
     assert grades["correct"] > grades["no_scale"] > grades["exits_its_kernel"] > 0
@@ -126,7 +132,7 @@ def test_the_batch_grades_each_submission_for_what_it_is(on_sqlite):
 
 
 def test_progress_shows_counts_as_submissions_finish_and_ends_with_the_summary(on_sqlite):
-    _, output = on_sqlite
+    _, output, _ = on_sqlite
     total = len(STUDENTS) + 1
     counts = [int(n) for n in re.findall(rf"^  \[(\d+)/{total}\] ", output, re.M)]
     assert counts == list(range(1, total + 1)), output
@@ -136,10 +142,43 @@ def test_progress_shows_counts_as_submissions_finish_and_ends_with_the_summary(o
     assert last[0].startswith(f"graded {total} submission(s) in ") and "make report" in last[1], output[-2000:]
 
 
+def test_one_sandboxed_process_runs_each_notebook_and_answers_its_checks(on_sqlite):
+    """Counted from outside the grader (a bwrap that writes down what it starts): one kernel per notebook
+    run, and no worker for the hidden checks unless that kernel died or was stopped; the notebook stopped by
+    the submission's clock starts nothing more. Unanswered and unreadable notebooks start nothing."""
+    course, _, sandboxes = on_sqlite
+    started = sandboxes.started()
+    kernels = {}
+    for _, kind, folder in started:
+        if kind == "kernel":
+            student, assignment = Path(folder).parts[-2:]
+            kernels[student, assignment] = kernels.get((student, assignment), 0) + 1
+    assert kernels == {("correct", "attention_surgeon"): 2, ("correct", BONUS): 1, ("no_scale", "attention_surgeon"): 1,
+                       ("exits_its_kernel", "attention_surgeon"): 1, ("loops_forever", "attention_surgeon"): 1,
+                       ("too_slow", "attention_surgeon"): 1}, started
+    assert [kind for _, kind, _ in started].count("checks") == 2, "a worker each for the two kernels that were stopped"
+    assert {kind for _, kind, _ in started} <= {"kernel", "checks", "preflight"}, started
+    alive = [pid for pid, _, _ in started if psutil.pid_exists(pid) and "bwrap" in psutil.Process(pid).name()]
+    assert not alive, "every sandbox ended with its submission"
+
+
+def test_a_stopped_kernel_still_gets_the_checks_of_what_it_defined_before(on_sqlite):
+    """The masks were written before the cell that killed (or hung) the kernel: their checks are decided and
+    pass, and the notebook says which cell stopped the run."""
+    course, _, _ = on_sqlite
+    for student, note in (("exits_its_kernel", "the kernel died while running this cell"),
+                          ("loops_forever", "ran longer than 8 s")):
+        nb = nbformat.read(course / "autograded" / student / "attention_surgeon" / f"{NB1}.ipynb", as_version=4)
+        text = {c.metadata.get("nbgrader", {}).get("grade_id"): json.dumps(c.get("outputs", [])) for c in nb.cells}
+        assert note in json.dumps([c.get("outputs", []) for c in nb.cells]), student
+        for check in ("causal_mask", "reverse_mask"):
+            assert "passed" in text[f"check_{check}"] and "HiddenCheckFailed" not in text[f"check_{check}"], student
+
+
 def test_a_postgresql_gradebook_holds_exactly_the_grades_sqlite_holds(server, on_sqlite, tmp_path):
     from nbgrader.api import Gradebook
 
-    sqlite_course, _ = on_sqlite
+    sqlite_course, _, _ = on_sqlite
     on_postgres = copy_course(tmp_path)
     postgres = {**user_env(), **LIMITS, "ATTENTION_SURGEON_GRADEBOOK_URL": server}  # every command uses it
     make(on_postgres, "release", env=postgres)
@@ -161,7 +200,7 @@ def test_a_postgresql_gradebook_holds_exactly_the_grades_sqlite_holds(server, on
 def test_a_worker_killed_mid_batch_changes_no_grade(on_sqlite, tmp_path):
     """SIGKILL of a Dask worker while it grades: its task runs again on a worker the nanny starts, the
     batch finishes, every grade equals the uninterrupted run's, and no submission has two rows."""
-    sqlite_course, _ = on_sqlite
+    sqlite_course, _, _ = on_sqlite
     course = copy_course(tmp_path)
     make(course, "release")
     batch(course)

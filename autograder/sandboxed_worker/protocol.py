@@ -4,7 +4,8 @@ One message per line, JSON. Tensors travel as plain arrays: dtype, shape and
 base64 of the raw little-endian bytes. There is no pickle in either direction,
 so nothing a student's code returns can run code in the grader.
 
-Both sides import this module, and the format lives here only: the caps, arrays, the
+The same lines travel over a worker's stdin and stdout (worker.py) and over the Unix socket of a
+notebook's kernel (kernel.py). Both sides import this module, and the format lives here only: the caps, arrays, the
 arguments the grader sends (encode_*), and the values a student's function returns,
 described in the worker (`describe`) and rebuilt by the grader (`decode_value`, which
 re-checks everything it decodes, as `decode_array` does). The worker's own request
@@ -28,6 +29,9 @@ WIRE_DTYPES = {
 # The wire's caps are course policy (course_config.WIRE_*). The worker cannot see course_config: the
 # grader hands them to it in this environment variable (autograder/sandbox.py, sandbox_environment).
 LIMITS_VARIABLE = "ATTENTION_SURGEON_WORKER_WIRE_LIMITS"
+# The notebook's kernel answers the hidden checks too (kernel.py): it listens on the Unix socket this
+# environment variable names, and the grader connects to it once nbgrader has run every cell.
+CHECKS_SOCKET_VARIABLE = "ATTENTION_SURGEON_CHECKS_SOCKET"
 
 
 def wire_limits():

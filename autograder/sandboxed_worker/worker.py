@@ -1,4 +1,4 @@
-"""The sandboxed worker: the only part of autograder/ that runs student code.
+"""The sandboxed worker: with kernel.py, the only part of autograder/ that runs student code.
 
 It starts inside the sandbox (see autograder/sandbox.py), runs the code cells
 of one submitted notebook, then answers requests from the trusted grader:
@@ -13,6 +13,11 @@ no verdict; everything it says is treated as the student's return value.
 
 Student code shares this process, so it can tamper with anything here; the
 grader relies only on the values it gets back, and on its own static scan.
+
+Most notebooks never need a worker: the kernel that ran the notebook answers the
+same requests through the same `Session` (kernel.py). The grader starts a worker
+when that kernel cannot answer (it died, ran out of time or hung on a call), and
+for the commands that run no notebook (make regrade, make autograde-gpu, the preflight).
 """
 import os
 import signal
@@ -301,6 +306,18 @@ def _ipython_runner(namespace_holder):
     return run_cell
 
 
+def serve(session, requests, replies):
+    """Answer the grader's requests, one JSON line each, until it hangs up (the worker's pipe, or the
+    socket a notebook's kernel listens on: kernel.py)."""
+    for line in requests:
+        try:
+            reply = session.handle(loads(line))
+        except BaseException as err:  # noqa: BLE001 - keep serving; the grader decides
+            reply = {"error": _short(f"{type(err).__name__}: {err}")}
+        replies.write(dumps(reply))
+        replies.flush()
+
+
 def main():
     # The protocol gets private copies of stdin/stdout; what student code prints goes nowhere.
     proto_in = os.fdopen(os.dup(0), "rb")
@@ -318,13 +335,7 @@ def main():
     session = Session(namespace={}, run_cell=_ipython_runner(holder))
     session.namespace = holder[0]
 
-    for line in proto_in:
-        try:
-            reply = session.handle(loads(line))
-        except BaseException as err:  # noqa: BLE001 - keep serving; the grader decides
-            reply = {"error": _short(f"{type(err).__name__}: {err}")}
-        proto_out.write(dumps(reply))
-        proto_out.flush()
+    serve(session, proto_in, proto_out)
 
 
 if __name__ == "__main__":
