@@ -6,15 +6,16 @@
                sandboxed kernel, the trusted hidden checks, feedback and grades.csv; its total
                divided by the number of submissions, so start-up costs are counted
     batch    = `make autograde` with course_config.GRADING_PARALLELISM (every core)
-    per notebook: its plain execution time, and the wall time of its hidden checks alone (the
-               sandboxed worker plus the trusted checks, as TrustedChecks runs them). Grader and
-               worker take turns (request, reply), so this wall time bounds their CPU time; the
-               worker's own CPU cannot be read from here (its sandbox is killed, not waited for).
+    per notebook: its plain execution time; then, as SandboxedExecute grades it, its execution in
+               the sandboxed kernel and the wall time of its hidden checks asked of that same kernel
+               afterwards. Grader and kernel take turns (request, reply), so this wall time bounds
+               their CPU time; the kernel's own CPU cannot be read from here (its sandbox is killed).
 
 Run:  .venv/bin/python benchmarks/grading_time.py [--students 4] [--rounds 2]
 It works in a temporary copy of the course; nothing here is touched.
 """
 import argparse
+import logging
 import os
 import shutil
 import statistics
@@ -30,7 +31,11 @@ sys.path.insert(0, str(ROOT))
 import nbformat  # noqa: E402
 from nbclient import NotebookClient  # noqa: E402
 
-from tests.grading import grade_checks  # noqa: E402
+from autograder.pipeline import (ChecksPlan, grading_on_cuda, graded_answers, student_code,  # noqa: E402
+                                 student_written_code)
+from autograder.sandbox import sandboxed_kernel_manager_class  # noqa: E402
+from autograder.student import KernelConnection  # noqa: E402
+from tests.grading import check_points  # noqa: E402
 from tests.students import (ASSIGNMENT_OF, BONUS, NB4, NOTEBOOKS, reference_answers, student_notebook,  # noqa: E402
                             write_submission)
 
@@ -66,13 +71,25 @@ def floor_seconds(notebook_paths):
     return time.perf_counter() - started
 
 
-def hidden_checks_seconds(name):
-    """Wall seconds of one notebook's hidden checks against the reference answers."""
-    nb = student_notebook(reference_answers(name), name=name)
+def sandboxed_seconds(path, name):
+    """(execution, hidden checks): wall seconds of one notebook in the grader's sandboxed kernel, then of
+    its hidden checks asked of that same kernel, as SandboxedExecute does both."""
+    nb = nbformat.read(path, as_version=4)
+    plan = ChecksPlan(list(check_points(name)), student_code(nb), student_written_code(nb), graded_answers(nb),
+                      grading_on_cuda())
+    client = NotebookClient(nb, timeout=600, allow_errors=True, kernel_manager_class=sandboxed_kernel_manager_class(),
+                            resources={"metadata": {"path": str(path.parent)}})
     started = time.perf_counter()
-    verdicts = grade_checks(nb, name)
+    with client.setup_kernel():
+        for index, cell in enumerate(nb.cells):
+            client.execute_cell(cell, index)
+        executed = time.perf_counter()
+        kernel = KernelConnection.open(client.km.checks_socket, client.km.stop_sandbox)
+        assert kernel is not None, "the kernel did not answer the checks"
+        verdicts = plan.decide(logging.getLogger("benchmark"), kernel=kernel)
+        checked = time.perf_counter()
     assert all(v.status != "failed" for v in verdicts.values()), verdicts
-    return time.perf_counter() - started
+    return executed - started, checked - executed
 
 
 def autograde_seconds(course, parallelism):
@@ -111,10 +128,11 @@ def main():
         print(f"ratio grading / floor: {grading / floor:.2f}  (the goal: at most 1.0, the floor itself)")
         print(f"batch: {len(students)} submissions in {batch:.1f} s with {cores} at a time "
               f"= {60 * len(students) / batch:.1f} submissions per minute")
-        print("per notebook (reference answers): plain execution | hidden checks (wall)")
+        print("per notebook (reference answers): plain execution | sandboxed kernel: execution + hidden checks")
         for name in (*NOTEBOOKS, NB4):
             path = course / "submitted" / students[0] / ASSIGNMENT_OF[name] / f"{name}.ipynb"
-            print(f"  {name:28s} {floor_seconds([path]):6.2f} s | {hidden_checks_seconds(name):6.2f} s")
+            execution, checks = sandboxed_seconds(path, name)
+            print(f"  {name:28s} {floor_seconds([path]):6.2f} s | {execution:6.2f} s + {checks:6.2f} s")
 
 
 if __name__ == "__main__":
