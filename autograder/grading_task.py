@@ -47,7 +47,7 @@ import course_config
 
 from .nbgrader_cli import nbgrader_env
 from .safe_text import one_line
-from .sandbox import TASK_PREFIX
+from .sandbox import TASK_PREFIX, grading_submission
 
 ROOT = course_config.COURSE_ROOT
 log = logging.getLogger("attention_surgeon.grading_task")
@@ -354,7 +354,8 @@ def grading_process(folder):
         config.TrustedChecks.flags_directory = str(root / "flags")
         print(json.dumps({"started": key}), file=channel, flush=True)
         time_budget.start_submission()
-        result = NbGraderAPI(config=config).autograde(assignment, student, force=True, create=True)
+        with grading_submission(root / "submitted" / student / assignment):  # its notebooks' kernel template
+            result = NbGraderAPI(config=config).autograde(assignment, student, force=True, create=True)
         text = (result.get("log") or "") + "\n" + (result.get("error") or "")
         (root / "log.txt").write_text("\n".join(one_line(line, 20_000) for line in text.splitlines()) + "\n",
                                       errors="backslashreplace")

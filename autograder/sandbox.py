@@ -11,18 +11,25 @@ course_config.py. Its process cap is a cgroup where the grader may make one
 ordinary grader account, as on JupyterHub): see `process_cap`.
 """
 import json
+import logging
 import os
+import select
 import shutil
 import signal
+import socket
+import subprocess
 import sys
 import tempfile
 import time
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 import course_config
 
 from .sandboxed_worker import protocol
+
+log = logging.getLogger(__name__)
 
 WORKER_DIR = Path(__file__).resolve().parent / "sandboxed_worker"
 SANDBOX_WORKER_DIR = "/grader"  # where the worker's files appear inside the sandbox
@@ -348,6 +355,199 @@ def _short_temp_dir():
     return base if len(base) + len(f"/{IPC_PREFIX}4194304-xxxxxxxx") <= MAX_SOCKET_DIR else "/tmp"
 
 
+class TemplateUnavailable(RuntimeError):
+    """The submission's template cannot fork a kernel (it did not start, or it died): the notebook's
+    kernel starts in a sandbox of its own instead."""
+
+
+class SubmissionTemplate:
+    """One submission's kernel template: a sandboxed process that has imported torch, numpy, matplotlib
+    and ipykernel, and forks one kernel for each notebook of the submission (sandboxed_worker/kernel.py,
+    `serve_forks`). So those imports are paid once per submission, not once per notebook.
+
+    Its sandbox is the submission's: the submission's folder read-only at /assignment, each kernel's
+    working folder in one tmpfs (/work, SANDBOX_WRITABLE_MB), the kernels' sockets in its IPC tmpfs,
+    one process cap for all its processes, the memory and file-size caps on each. It is never shared
+    with another submission: `close` kills it and everything it forked, when the submission ends.
+    """
+
+    START_TIMEOUT_S = 60
+
+    def __init__(self, assignment_dir):
+        self.cap = process_cap()
+        self.ipc_dir = Path(tempfile.mkdtemp(prefix=f"{IPC_PREFIX}{os.getpid()}-", dir=_short_temp_dir()))
+        prefix = sandbox_prefix(extra_ro_binds=[(assignment_dir, SANDBOX_ASSIGNMENT_DIR), (WORKER_DIR, SANDBOX_WORKER_DIR)],
+                                extra_tmpfs=[TEMPLATE_WORK_DIR, (SANDBOX_IPC_DIR, SANDBOX_IPC_BYTES)],
+                                chdir=TEMPLATE_WORK_DIR)
+        command = [python_executable(), f"{SANDBOX_WORKER_DIR}/kernel.py", "--template", f"{SANDBOX_IPC_DIR}/template"]
+        self.process = subprocess.Popen(limited_command(prefix, command, self.cap), stdin=subprocess.DEVNULL,
+                                        env=sandbox_environment(home=TEMPLATE_WORK_DIR), start_new_session=True,
+                                        cwd=str(self.ipc_dir))
+        self.forked = 0
+        self._replies = b""
+        try:
+            self.root = sandbox_root(self.process.pid, timeout=self.START_TIMEOUT_S)
+            self._control = self._connect(time.monotonic() + self.START_TIMEOUT_S)
+        except (RuntimeError, OSError) as err:
+            self.close()
+            raise TemplateUnavailable(f"the submission's kernel template did not start: {err}") from None
+
+    def _connect(self, deadline):
+        path = f"{self.root}{SANDBOX_IPC_DIR}/template"
+        while True:
+            control = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                control.connect(path)
+                return control
+            except OSError:
+                control.close()
+                if time.monotonic() >= deadline or self.process.poll() is not None:
+                    raise
+                time.sleep(0.05)
+
+    def fork(self, connection_info, env):
+        """Fork a kernel with `connection_info` (its connection file, whose ip is a path under
+        SANDBOX_IPC_DIR/<name>/) and `env`; return it as a ForkedKernel. Raises TemplateUnavailable
+        when the template does not answer."""
+        self.forked += 1
+        name = f"kernel-{self.forked}"
+        request = {"connection": dict(connection_info), "folder": f"{TEMPLATE_WORK_DIR}/{name}",
+                   "checks_socket": f"{os.path.dirname(connection_info['ip'])}/{CHECKS_SOCKET_NAME}",
+                   "env": dict({k: v for k, v in env.items() if k != protocol.CHECKS_SOCKET_VARIABLE},
+                               HOME=f"{TEMPLATE_WORK_DIR}/{name}",
+                               MPLCONFIGDIR=f"{TEMPLATE_WORK_DIR}/{name}/.matplotlib",
+                               IPYTHONDIR=f"{TEMPLATE_WORK_DIR}/{name}/.ipython")}
+        try:
+            self._control.settimeout(self.START_TIMEOUT_S)
+            self._control.sendall(protocol.dumps(request))
+            while b"\n" not in self._replies:
+                chunk = self._control.recv(4096)
+                if not chunk:
+                    raise EOFError("the template closed its socket")
+                self._replies += chunk
+            line, _, self._replies = self._replies.partition(b"\n")
+            inner_pid = protocol.loads(line)["pid"]
+            return ForkedKernel(self._host_pid(int(inner_pid)))
+        except (OSError, EOFError, KeyError, TypeError, ValueError, protocol.ProtocolError) as err:
+            raise TemplateUnavailable(f"the submission's kernel template did not fork a kernel: {err}") from None
+
+    def _host_pid(self, inner_pid):
+        """The host's pid of the template's child whose pid in the sandbox is `inner_pid`."""
+        waiting, seen = [self.process.pid], set()
+        while waiting:
+            pid = waiting.pop()
+            if pid in seen:
+                continue
+            seen.add(pid)
+            for line in _read(f"/proc/{pid}/status").splitlines():
+                if line.startswith("NSpid:") and line.split()[-1] == str(inner_pid) and pid != self.process.pid:
+                    return pid
+            for task in Path(f"/proc/{pid}/task").glob("*"):
+                waiting += [int(child) for child in _read(task / "children").split()]
+        raise ProcessLookupError(f"no child {inner_pid} of the template")
+
+    def alive(self):
+        return self.process.poll() is None
+
+    def close(self):
+        """Kill the template, every kernel it forked and everything they started."""
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        self.cap.kill_all()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
+        control = getattr(self, "_control", None)
+        if control is not None:
+            control.close()
+        shutil.rmtree(self.ipc_dir, ignore_errors=True)
+
+
+class ForkedKernel:
+    """A kernel the submission's template forked, as jupyter_client's provisioner uses a Popen: poll, wait,
+    signals. It is the leader of its own process group (it called setsid). Its exit status belongs to the
+    template, so a kernel that ended reports -SIGKILL: "gone"."""
+
+    stdin = stdout = stderr = None
+
+    def __init__(self, pid):
+        self.pid = pid
+        self.returncode = None
+        self._pidfd = os.pidfd_open(pid)
+
+    def poll(self):
+        if self.returncode is None and select.select([self._pidfd], [], [], 0)[0]:
+            self.returncode = -signal.SIGKILL
+            os.close(self._pidfd)
+        return self.returncode
+
+    def wait(self, timeout=None):
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise subprocess.TimeoutExpired(f"kernel {self.pid}", timeout)
+            time.sleep(0.05)
+        return self.returncode
+
+    def send_signal(self, signum):
+        if self.poll() is None:
+            try:
+                signal.pidfd_send_signal(self._pidfd, signum)
+            except ProcessLookupError:
+                pass
+
+    def kill(self):
+        if self.poll() is None:
+            try:
+                os.killpg(self.pid, signal.SIGKILL)  # the kernel and what it started in its group
+            except (ProcessLookupError, PermissionError):
+                pass
+            self.send_signal(signal.SIGKILL)
+
+    def terminate(self):
+        self.send_signal(signal.SIGTERM)
+
+
+# The submission being graded in this process, whose template forks its notebooks' kernels
+# (`grading_submission`), and its template once one was needed.
+_submission = {"folder": None, "template": None, "failed": False}
+TEMPLATE_WORK_DIR = "/kernels"  # each forked kernel's working folder is a folder of this tmpfs
+
+
+@contextmanager
+def grading_submission(assignment_dir):
+    """While one submission is graded in this process: its notebooks' kernels are forked by one template
+    (started on the first kernel's start), which is killed, with every kernel, when the block ends."""
+    _submission.update(folder=Path(assignment_dir), template=None, failed=False)
+    try:
+        yield
+    finally:
+        template = _submission["template"]
+        _submission.update(folder=None, template=None, failed=False)
+        if template is not None:
+            template.close()
+
+
+def submission_template():
+    """The template of the submission being graded, started now if need be; None when there is none
+    (no submission is being graded here, the sandbox is off, or its template could not start or died:
+    then each kernel starts in a sandbox of its own, as without a template)."""
+    if _submission["folder"] is None or _submission["failed"] or not sandbox_enabled():
+        return None
+    if _submission["template"] is None:
+        try:
+            _submission["template"] = SubmissionTemplate(_submission["folder"])
+        except TemplateUnavailable as err:
+            log.warning("%s; each notebook's kernel starts in a sandbox of its own", err)
+            _submission["failed"] = True
+            return None
+    template = _submission["template"]
+    return template if template.alive() else None
+
+
 def sandboxed_kernel_manager_class():
     """A jupyter_client kernel manager whose kernels start in the sandbox.
 
@@ -362,14 +562,25 @@ def sandboxed_kernel_manager_class():
             super().__init__(**kwargs)
             self.ipc_dir = None  # the kernel's sockets: a short path of its own (see _short_temp_dir)
             self.cap = None
+            self.template = None  # the submission's template, when it forks this kernel
 
         def format_kernel_cmd(self, extra_arguments=None):
             argv = super().format_kernel_cmd(extra_arguments)
+            if self.template is not None:
+                return argv  # not run: the submission's template forks the kernel
             if self.cap is None:
                 self.cap = process_cap()
             return kernel_command(argv, self.assignment_dir, self.work_dir, self.connection_file, self.cap)
 
         async def _async_launch_kernel(self, kernel_cmd, **kw):
+            if self.template is not None:
+                connection = json.loads(Path(self.connection_file).read_text())
+                process = self.template.fork(connection, kw.get("env", {}))
+                self.provisioner.process = process
+                self.provisioner.pid = self.provisioner.pgid = process.pid
+                self._reconcile_connection_info(self.provisioner.connection_info)
+                self.ip = str(self.template.root) + self.ip
+                return
             await super()._async_launch_kernel(kernel_cmd, **kw)
             if self.sandboxed:  # from now on the grader's side reaches the sockets from outside
                 self.ip = str(sandbox_root(self.provisioner.process.pid)) + self.ip
@@ -381,13 +592,19 @@ def sandboxed_kernel_manager_class():
             # Sandboxed, the kernel binds its sockets in its own tmpfs: the connection file it reads says
             # SANDBOX_IPC_DIR; the grader connects through the sandbox's root (_async_launch_kernel).
             self.sandboxed = sandbox_enabled()
-            self.ip = f"{SANDBOX_IPC_DIR}/kernel" if self.sandboxed else str(self.ipc_dir / "kernel")
+            # Grading a submission, its template forks the kernel (in the template's sandbox, its sockets
+            # in a folder of their own there); else the kernel starts in a sandbox of its own.
+            self.template = submission_template() if self.sandboxed else None
+            if self.template is not None:
+                self.ip = f"{SANDBOX_IPC_DIR}/{uuid.uuid4().hex[:12]}/kernel"
+            else:
+                self.ip = f"{SANDBOX_IPC_DIR}/kernel" if self.sandboxed else str(self.ipc_dir / "kernel")
             self.connection_file = str(self.ipc_dir / "kernel.json")
             # The kernel sees a copy of its own assignment folder (data files, the student's
             # helper modules), never the folder nbgrader writes the graded notebook to.
             self.assignment_dir = Path(kw.pop("cwd", None) or ".").resolve()
             kw["env"] = sandbox_environment(home=str(self.work_dir))
-            checks_dir = SANDBOX_IPC_DIR if self.sandboxed else str(self.ipc_dir)
+            checks_dir = os.path.dirname(self.ip)
             kw["env"][protocol.CHECKS_SOCKET_VARIABLE] = f"{checks_dir}/{CHECKS_SOCKET_NAME}"
             kw["cwd"] = str(self.ipc_dir)
             return await AsyncKernelManager.start_kernel(self, **kw)

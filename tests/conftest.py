@@ -107,13 +107,16 @@ class SandboxRecorder:
         self.env = {"ATTENTION_SURGEON_BWRAP": str(self.launcher)}
 
     def started(self):
-        """[(pid, kind, the kernel's assignment folder or None)]; kind: kernel, or the worker's purpose."""
+        """[(pid, kind, the submission's or the kernel's folder, or None)]; kind: template (a submission's
+        kernel template), kernel (a kernel in a sandbox of its own), or the worker's purpose."""
         found = []
         for line in self.log.read_text().splitlines() if self.log.exists() else []:
             pid, *argv = line.split(" ")
             kind = next((a.split("/")[-1] for a in argv if a.endswith(("/kernel.py", "/worker.py"))), "?")
             if kind == "worker.py":
                 kind = argv[argv.index(next(a for a in argv if a.endswith("/worker.py"))) + 1]
+            elif kind == "kernel.py" and "--template" in argv:
+                kind = "template"
             folder = argv[argv.index("/assignment") - 1] if "/assignment" in argv else None
             found.append((int(pid), kind.removesuffix(".py"), folder))
         return found

@@ -142,24 +142,32 @@ def test_progress_shows_counts_as_submissions_finish_and_ends_with_the_summary(o
     assert last[0].startswith(f"graded {total} submission(s) in ") and "make report" in last[1], output[-2000:]
 
 
-def test_one_sandboxed_process_runs_each_notebook_and_answers_its_checks(on_sqlite):
-    """Counted from outside the grader (a bwrap that writes down what it starts): one kernel per notebook
-    run, and no worker for the hidden checks unless that kernel died or was stopped; the notebook stopped by
-    the submission's clock starts nothing more. Unanswered and unreadable notebooks start nothing."""
+def test_one_sandbox_per_submission_runs_its_notebooks_and_answers_their_checks(on_sqlite):
+    """Counted from outside the grader (a bwrap that writes down what it starts): one sandbox per submission
+    with a notebook to run, its kernel template, which forks each notebook's kernel; no worker for the hidden
+    checks unless a kernel died or was stopped by its cell's time limit (the notebook stopped by the
+    submission's clock starts nothing more); unanswered and unreadable notebooks start nothing. Every
+    sandbox has ended when the batch ends."""
     course, _, sandboxes = on_sqlite
     started = sandboxes.started()
-    kernels = {}
+    templates = {}
     for _, kind, folder in started:
-        if kind == "kernel":
+        if kind == "template":
             student, assignment = Path(folder).parts[-2:]
-            kernels[student, assignment] = kernels.get((student, assignment), 0) + 1
-    assert kernels == {("correct", "attention_surgeon"): 2, ("correct", BONUS): 1, ("no_scale", "attention_surgeon"): 1,
-                       ("exits_its_kernel", "attention_surgeon"): 1, ("loops_forever", "attention_surgeon"): 1,
-                       ("too_slow", "attention_surgeon"): 1}, started
-    assert [kind for _, kind, _ in started].count("checks") == 2, "a worker each for the two kernels that were stopped"
-    assert {kind for _, kind, _ in started} <= {"kernel", "checks", "preflight"}, started
+            templates[student, assignment] = templates.get((student, assignment), 0) + 1
+    assert templates == {("correct", "attention_surgeon"): 1, ("correct", BONUS): 1, ("no_scale", "attention_surgeon"): 1,
+                         ("exits_its_kernel", "attention_surgeon"): 1, ("loops_forever", "attention_surgeon"): 1,
+                         ("too_slow", "attention_surgeon"): 1}, started
+    kinds = [kind for _, kind, _ in started]
+    assert kinds.count("checks") == 2, "a worker each for the two kernels that were stopped"
+    assert "kernel" not in kinds, "every kernel was forked by its submission's template"
+    assert set(kinds) <= {"template", "checks", "preflight"}, started
     alive = [pid for pid, _, _ in started if psutil.pid_exists(pid) and "bwrap" in psutil.Process(pid).name()]
     assert not alive, "every sandbox ended with its submission"
+    for student in ("correct", "no_scale"):  # the forked kernels ran the notebooks: cells have outputs
+        nb = nbformat.read(course / "autograded" / student / "attention_surgeon" / f"{NB1}.ipynb", as_version=4)
+        assert any(o.get("output_type") == "stream" for c in nb.cells if "hidden_check" not in c.source
+                   for o in c.get("outputs", [])), student
 
 
 def test_a_stopped_kernel_still_gets_the_checks_of_what_it_defined_before(on_sqlite):

@@ -24,11 +24,12 @@ trusts nothing here beyond the values that come back. If this kernel died, ran o
 of time or hangs on a call, the grader asks a fresh worker instead (student.py).
 """
 import os
+import signal
 import socket
 import sys
 import threading
 
-from protocol import CHECKS_SOCKET_VARIABLE
+from protocol import CHECKS_SOCKET_VARIABLE, dumps, loads
 from worker import Session, install_tripwires, serve
 
 
@@ -37,31 +38,108 @@ def answer_checks(listener, get_ipython):
     while True:
         try:
             connection, _ = listener.accept()
+        except OSError:
+            return  # the listener is closed (the student's code closed it): the grader asks a worker
+        try:
             with connection, connection.makefile("rb") as requests, connection.makefile("wb") as replies:
                 serve(Session(namespace=get_ipython().user_ns), requests, replies)
         except Exception:  # noqa: BLE001 - the grader hung up; keep listening (it decides what a silence means)
             pass
 
 
-def main():
-    path = os.environ.pop(CHECKS_SOCKET_VARIABLE, None)
-    import torch  # noqa: F401 - imported once, before any cell (the notebook imports it too)
+def listen_for_checks(path):
+    """Answer the hidden checks on the Unix socket at `path`, in a thread of this process."""
     from IPython import get_ipython  # here, not in the thread: two threads importing IPython at once can
-    from ipykernel import kernelapp  # meet a half-initialised module
+    #                                   meet a half-initialised module
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(1)
+    threading.Thread(target=answer_checks, args=(listener, get_ipython), name="hidden-checks", daemon=True).start()
 
-    install_tripwires()
-    if path:
-        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        listener.bind(path)
-        listener.listen(1)
-        threading.Thread(target=answer_checks, args=(listener, get_ipython), name="hidden-checks",
-                         daemon=True).start()
-    # As ipykernel_launcher does: the script's folder is not where the student's imports look (a module of
-    # theirs named worker or protocol is theirs); IPython puts the working folder first.
-    del sys.path[0]
+
+def launch_kernel(argv):
+    """ipykernel, as ipykernel_launcher starts it. The script's folder is not where the student's imports
+    look (a module of theirs named worker or protocol is theirs); IPython puts the working folder first."""
+    from ipykernel import kernelapp
+
+    if sys.path and sys.path[0] == os.path.dirname(os.path.abspath(__file__)):
+        del sys.path[0]
     for name in ("protocol", "worker"):
         sys.modules.pop(name, None)
-    kernelapp.launch_new_instance()
+    kernelapp.launch_new_instance(argv=argv)
+
+
+def prepare():
+    """What every kernel needs before the student's first cell: torch, IPython and ipykernel imported
+    (no tensor op, no thread, no CUDA call yet), the tripwires in place."""
+    import torch  # noqa: F401 - imported once, before any cell (the notebook imports it too)
+    import matplotlib.pyplot  # noqa: F401
+    import IPython  # noqa: F401
+    from ipykernel import kernelapp  # noqa: F401
+
+    install_tripwires()
+
+
+def serve_forks(control_path):
+    """The template of one submission: fork a kernel for each of its notebooks, on the grader's request
+    ({"connection": the kernel's connection file, "folder": its working folder, "env": {...}}), and
+    reply with the child's pid (in this sandbox). Nothing here ever runs a student's cell."""
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernels that end are reaped by the system
+    control = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    control.bind(control_path)
+    control.listen(1)
+    connection, _ = control.accept()  # one grader, for the life of the template
+    requests, replies = connection.makefile("rb"), connection.makefile("wb")
+    for line in requests:
+        request = loads(line)
+        pid = os.fork()
+        if pid == 0:
+            try:
+                for closing in (requests, replies, connection, control):
+                    closing.close()
+                run_forked_kernel(request)
+            finally:
+                os._exit(1)
+        replies.write(dumps({"pid": pid}))
+        replies.flush()
+
+
+def run_forked_kernel(request):
+    """In a child of the template: become one notebook's kernel, in a copy of the assignment folder."""
+    import json
+    import shutil
+
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # the student's own subprocesses are waited for as usual
+    os.setsid()
+    folder = request["folder"]
+    try:
+        shutil.copytree(ASSIGNMENT_DIR, folder, symlinks=True, ignore=shutil.ignore_patterns("*.ipynb"))
+    except OSError:  # what does not fit stays out, as with a kernel of its own
+        os.makedirs(folder, exist_ok=True)
+    os.chdir(folder)
+    os.environ.update(request["env"])
+    connection = request["connection"]
+    os.makedirs(os.path.dirname(connection["ip"]), exist_ok=True)  # the kernel's sockets: a folder of its own
+    connection_file = os.path.join(os.path.dirname(connection["ip"]), "kernel.json")
+    with open(connection_file, "w") as out:
+        json.dump(connection, out)
+    listen_for_checks(request["checks_socket"])
+    launch_kernel(["-f", connection_file])
+    os._exit(0)
+
+
+ASSIGNMENT_DIR = "/assignment"  # where the sandbox shows the submission's folder, read-only (sandbox.py)
+
+
+def main():
+    prepare()
+    if sys.argv[1:2] == ["--template"]:
+        serve_forks(sys.argv[2])
+        return
+    path = os.environ.pop(CHECKS_SOCKET_VARIABLE, None)
+    if path:
+        listen_for_checks(path)
+    launch_kernel(sys.argv[1:])
 
 
 if __name__ == "__main__":
