@@ -275,6 +275,9 @@ COPY_THEN_EXEC = 'cp -R "$0"/. . 2>/dev/null; find . -name "*.ipynb" -delete; ex
 # sandbox's root as the host's /proc shows it (`sandboxed_ipc_path`): no folder of the host is writable.
 SANDBOX_IPC_DIR = "/ipc"
 SANDBOX_IPC_BYTES = 1 << 20
+# In a submission's template sandbox: a tmpfs of SANDBOX_WRITABLE_MB whose folders are its kernels' working
+# folders (each a copy of the submission's folder).
+TEMPLATE_WORK_DIR = "/kernels"
 
 
 # How a python kernelspec starts ipykernel; a kernel started so is started by the launcher below instead.
@@ -514,7 +517,6 @@ class ForkedKernel:
 # The submission being graded in this process, whose template forks its notebooks' kernels
 # (`grading_submission`), and its template once one was needed.
 _submission = {"folder": None, "template": None, "failed": False}
-TEMPLATE_WORK_DIR = "/kernels"  # each forked kernel's working folder is a folder of this tmpfs
 
 
 @contextmanager
