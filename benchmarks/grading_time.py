@@ -17,6 +17,7 @@ It works in a temporary copy of the course; nothing here is touched.
 import argparse
 import logging
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -92,11 +93,18 @@ def sandboxed_seconds(path, name):
     return executed - started, checked - executed
 
 
+# make autograde's summary line of one submission: "  <student>  <assignment>  ok  12.3 s  <notes>"
+SUBMISSION_LINE = re.compile(r"^  \S+\s+\S+\s+ok\s+(?P<seconds>\d+\.\d) s", re.M)
+
+
 def autograde_seconds(course, parallelism):
+    """(wall seconds of the whole `make autograde`, the sum of the seconds it reports per submission: the
+    grading host's time from the submission's files in to its notebooks and grades out)."""
     started = time.perf_counter()
-    subprocess.run(["make", "-o", ".venv/.installed", "autograde", "FORCE=1"], cwd=course, check=True, capture_output=True,
-                   env=dict(env(), ATTENTION_SURGEON_GRADING_PARALLELISM=str(parallelism)))
-    return time.perf_counter() - started
+    result = subprocess.run(["make", "-o", ".venv/.installed", "autograde", "FORCE=1"], cwd=course, check=True,
+                            capture_output=True, text=True,
+                            env=dict(env(), ATTENTION_SURGEON_GRADING_PARALLELISM=str(parallelism)))
+    return time.perf_counter() - started, sum(float(m["seconds"]) for m in SUBMISSION_LINE.finditer(result.stdout))
 
 
 def main():
@@ -114,18 +122,24 @@ def main():
                                                for name in NOTEBOOKS})
             write_submission(course, student, {NB4: student_notebook(reference_answers(NB4), name=NB4)},
                              assignment=BONUS)
-        floors, gradings = [], []
+        floors, gradings, hosts = [], [], []
         for _ in range(args.rounds):  # alternated, so both see the same machine state
             floors.append(sum(floor_seconds(sorted((course / "submitted" / s).glob("*/*.ipynb")))
                               for s in students) / len(students))
-            gradings.append(autograde_seconds(course, parallelism=1) / len(students))
+            total, on_hosts = autograde_seconds(course, parallelism=1)
+            gradings.append(total / len(students))
+            hosts.append(on_hosts / len(students))
         cores = os.cpu_count() or 1
-        batch = autograde_seconds(course, parallelism=cores)
-        floor, grading = statistics.median(floors), statistics.median(gradings)
+        batch, _ = autograde_seconds(course, parallelism=cores)
+        floor, grading, host = statistics.median(floors), statistics.median(gradings), statistics.median(hosts)
         print(f"machine: {cores} cores; {len(students)} correct submissions; {args.rounds} rounds (median)")
         print(f"floor   (notebooks executed once in a plain kernel):       {floor:6.2f} s per submission")
         print(f"grading (make autograde, one at a time, all costs counted): {grading:6.2f} s per submission")
         print(f"ratio grading / floor: {grading / floor:.2f}  (the goal: at most 1.0, the floor itself)")
+        print(f"  of which the submissions themselves (the seconds make autograde reports for each, summed): "
+              f"{host:6.2f} s per submission, {host / floor:.2f} of the floor")
+        print(f"  and the batch's own costs, once per batch (staging, preflight, the cluster, feedback/, "
+              f"grades.csv), shared by its {len(students)}: {grading - host:6.2f} s per submission")
         print(f"batch: {len(students)} submissions in {batch:.1f} s with {cores} at a time "
               f"= {60 * len(students) / batch:.1f} submissions per minute")
         print("per notebook (reference answers): plain execution | sandboxed kernel: execution + hidden checks")
