@@ -120,8 +120,9 @@ class SandboxedExecute(Execute):
       TrustedChecks writes their outputs;
     * what a cell prints is capped (`max_output_chars`, `max_output_lines`), whatever its shape;
     * once the last cell has run, the hidden checks (PlanTrustedChecks) are decided
-      here, against this same kernel: one sandboxed process per notebook runs it and
-      answers the checks' calls (sandboxed_worker/kernel.py);
+      here, against this same kernel: one process per notebook runs it and answers the
+      checks' calls (sandboxed_worker/kernel.py; while a submission is graded, its
+      kernels are forked by the submission's template: sandbox.SubmissionTemplate);
     * a cell that runs past the time limit, or a kernel that dies, stops the
       run with a note on that cell; the notebook is still graded as far as it
       can be: the checks ask a fresh worker, which loads the student's code
@@ -194,7 +195,7 @@ class SandboxedExecute(Execute):
         """The kernel that has just run every cell, ready to answer the checks; None if it cannot."""
         if not hasattr(self.km, "checks_socket"):
             return None
-        return KernelConnection.open(self.km.checks_socket, self.km.stop_sandbox, self.log)
+        return KernelConnection.open(self.km.checks_socket, self.km.stop_sandbox, self.km.checks_peer(), self.log)
 
     def _skip_current(self, nb, reason):
         """A worker leaves out the cell that stopped the kernel, rather than wait for it again."""

@@ -22,6 +22,7 @@ import sys
 import tempfile
 import time
 import uuid
+import weakref
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -289,7 +290,8 @@ CHECKS_SOCKET_NAME = "checks"
 def kernel_argv_with_checks(kernel_argv, worker_dir):
     """The kernel's command line with sandboxed_worker/kernel.py (ipykernel, plus the hidden checks'
     socket) in place of ipykernel_launcher. A kernelspec of another kind is left as it is: its
-    notebook's checks are answered by a worker."""
+    notebook's checks are answered by a worker. (A kernel forked by a submission's template is always
+    kernel.py's ipykernel, with the kernelspec's other options.)"""
     argv = [python_executable(), *kernel_argv[1:]]
     if argv[1:3] == IPYKERNEL_LAUNCHER:
         argv[1:3] = [f"{worker_dir}/kernel.py"]
@@ -359,8 +361,10 @@ def _short_temp_dir():
 
 
 class TemplateUnavailable(RuntimeError):
-    """The submission's template cannot fork a kernel (it did not start, or it died): the notebook's
-    kernel starts in a sandbox of its own instead."""
+    """The submission's template cannot fork a kernel. If it did not start, each notebook's kernel
+    starts in a sandbox of its own; if it stopped answering (a kernel it forked can reach it: the
+    student's own doing), the notebook being started is not run (its checks are decided by a worker)
+    and the later ones get a sandbox each."""
 
 
 class SubmissionTemplate:
@@ -369,12 +373,15 @@ class SubmissionTemplate:
     `serve_forks`). So those imports are paid once per submission, not once per notebook.
 
     Its sandbox is the submission's: the submission's folder read-only at /assignment, each kernel's
-    working folder in one tmpfs (/work, SANDBOX_WRITABLE_MB), the kernels' sockets in its IPC tmpfs,
+    working folder in one tmpfs (/kernels, SANDBOX_WRITABLE_MB; emptied before each fork), the kernels'
+    sockets in its IPC tmpfs,
     one process cap for all its processes, the memory and file-size caps on each. It is never shared
     with another submission: `close` kills it and everything it forked, when the submission ends.
     """
 
-    START_TIMEOUT_S = 60
+    START_TIMEOUT_S = 60  # the template's imports (a few seconds)
+    FORK_TIMEOUT_S = 10  # a fork takes milliseconds
+    MAX_REPLY_BYTES = 4096
 
     def __init__(self, assignment_dir):
         self.cap = process_cap()
@@ -391,6 +398,7 @@ class SubmissionTemplate:
         try:
             self.root = sandbox_root(self.process.pid, timeout=self.START_TIMEOUT_S)
             self._control = self._connect(time.monotonic() + self.START_TIMEOUT_S)
+            self.template_pid = self._find_template_pid()
         except (RuntimeError, OSError) as err:
             self.close()
             raise TemplateUnavailable(f"the submission's kernel template did not start: {err}") from None
@@ -408,52 +416,66 @@ class SubmissionTemplate:
                     raise
                 time.sleep(0.05)
 
-    def fork(self, connection_info, env):
+    def fork(self, connection_info, env, arguments=()):
         """Fork a kernel with `connection_info` (its connection file, whose ip is a path under
-        SANDBOX_IPC_DIR/<name>/) and `env`; return it as a ForkedKernel. Raises TemplateUnavailable
-        when the template does not answer."""
+        SANDBOX_IPC_DIR/<name>/), `env` and ipykernel's other `arguments`; return it as a ForkedKernel.
+        The template is the student's process too (a kernel it forked can write on its socket): its reply
+        is read within FORK_TIMEOUT_S and MAX_REPLY_BYTES, and the pid it names must be one of its own
+        children. Otherwise the template is killed and TemplateUnavailable raised."""
         self.forked += 1
         name = f"kernel-{self.forked}"
         request = {"connection": dict(connection_info), "folder": f"{TEMPLATE_WORK_DIR}/{name}",
                    "checks_socket": f"{os.path.dirname(connection_info['ip'])}/{CHECKS_SOCKET_NAME}",
+                   "arguments": list(arguments),
                    "env": dict({k: v for k, v in env.items() if k != protocol.CHECKS_SOCKET_VARIABLE},
                                HOME=f"{TEMPLATE_WORK_DIR}/{name}",
                                MPLCONFIGDIR=f"{TEMPLATE_WORK_DIR}/{name}/.matplotlib",
                                IPYTHONDIR=f"{TEMPLATE_WORK_DIR}/{name}/.ipython")}
+        deadline = time.monotonic() + self.FORK_TIMEOUT_S
         try:
-            self._control.settimeout(self.START_TIMEOUT_S)
+            self._control.settimeout(self.FORK_TIMEOUT_S)
             self._control.sendall(protocol.dumps(request))
             while b"\n" not in self._replies:
+                self._control.settimeout(max(0.01, deadline - time.monotonic()))
                 chunk = self._control.recv(4096)
                 if not chunk:
                     raise EOFError("the template closed its socket")
                 self._replies += chunk
+                if len(self._replies) > self.MAX_REPLY_BYTES or time.monotonic() > deadline:
+                    raise TimeoutError("no reply of the template's kind")
             line, _, self._replies = self._replies.partition(b"\n")
             inner_pid = protocol.loads(line)["pid"]
-            return ForkedKernel(self._host_pid(int(inner_pid)))
+            return ForkedKernel(self._child(int(inner_pid)))
         except (OSError, EOFError, KeyError, TypeError, ValueError, protocol.ProtocolError) as err:
+            self.close()
             raise TemplateUnavailable(f"the submission's kernel template did not fork a kernel: {err}") from None
 
-    def _host_pid(self, inner_pid):
-        """The host's pid of the template's child whose pid in the sandbox is `inner_pid`."""
-        waiting, seen = [self.process.pid], set()
+    def _child(self, inner_pid):
+        """The host's pid of the template's own child whose pid in the sandbox is `inner_pid`."""
+        for task in Path(f"/proc/{self.template_pid}/task").glob("*"):
+            for child in _read(task / "children").split():
+                for line in _read(f"/proc/{child}/status").splitlines():
+                    if line.startswith("NSpid:") and line.split()[-1] == str(inner_pid):
+                        return int(child)
+        raise ProcessLookupError(f"the template has no child {inner_pid}")
+
+    def _find_template_pid(self):
+        """The host's pid of the template's Python process (bwrap's descendant that runs kernel.py)."""
+        waiting = [self.process.pid]
         while waiting:
             pid = waiting.pop()
-            if pid in seen:
-                continue
-            seen.add(pid)
-            for line in _read(f"/proc/{pid}/status").splitlines():
-                if line.startswith("NSpid:") and line.split()[-1] == str(inner_pid) and pid != self.process.pid:
-                    return pid
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            if argv[1:3] == [f"{SANDBOX_WORKER_DIR}/kernel.py".encode(), b"--template"]:  # not bwrap's own
+                return pid
             for task in Path(f"/proc/{pid}/task").glob("*"):
                 waiting += [int(child) for child in _read(task / "children").split()]
-        raise ProcessLookupError(f"no child {inner_pid} of the template")
+        raise ProcessLookupError("the template's process is not there")
 
     def alive(self):
         return self.process.poll() is None
 
     def close(self):
-        """Kill the template, every kernel it forked and everything they started."""
+        """Kill the template, every kernel it forked and everything they started (again: harmless)."""
         try:
             os.killpg(self.process.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
@@ -471,8 +493,9 @@ class SubmissionTemplate:
 
 class ForkedKernel:
     """A kernel the submission's template forked, as jupyter_client's provisioner uses a Popen: poll, wait,
-    signals. It is the leader of its own process group (it called setsid). Its exit status belongs to the
-    template, so a kernel that ended reports -SIGKILL: "gone"."""
+    signals, through a pidfd (the pid itself may be reused once the kernel ends: the template does not
+    wait for its children). It leads its own process group (it called setsid). Its exit status belongs
+    to the template, so a kernel that ended reports -SIGKILL: "gone"."""
 
     stdin = stdout = stderr = None
 
@@ -480,11 +503,12 @@ class ForkedKernel:
         self.pid = pid
         self.returncode = None
         self._pidfd = os.pidfd_open(pid)
+        self._close = weakref.finalize(self, os.close, self._pidfd)
 
     def poll(self):
         if self.returncode is None and select.select([self._pidfd], [], [], 0)[0]:
             self.returncode = -signal.SIGKILL
-            os.close(self._pidfd)
+            self._close()
         return self.returncode
 
     def wait(self, timeout=None):
@@ -499,13 +523,14 @@ class ForkedKernel:
         if self.poll() is None:
             try:
                 signal.pidfd_send_signal(self._pidfd, signum)
-            except ProcessLookupError:
+            except (ProcessLookupError, OSError):
                 pass
 
     def kill(self):
+        """SIGKILL to the kernel's process group (what it started and left there), then to the kernel."""
         if self.poll() is None:
             try:
-                os.killpg(self.pid, signal.SIGKILL)  # the kernel and what it started in its group
+                os.killpg(self.pid, signal.SIGKILL)  # the pidfd says the kernel, its leader, is still there
             except (ProcessLookupError, PermissionError):
                 pass
             self.send_signal(signal.SIGKILL)
@@ -533,6 +558,21 @@ def grading_submission(assignment_dir):
             template.close()
 
 
+def template_failed(why):
+    """The submission's template stopped forking: its later notebooks' kernels get a sandbox each."""
+    log.warning("%s; each notebook's kernel starts in a sandbox of its own", why)
+    _submission["failed"] = True
+
+
+def pid_namespace(pid):
+    """(device, inode) of the pid namespace of host process `pid`; None if it is gone."""
+    try:
+        found = os.stat(f"/proc/{pid}/ns/pid")
+    except OSError:
+        return None
+    return found.st_dev, found.st_ino
+
+
 def submission_template():
     """The template of the submission being graded, started now if need be; None when there is none
     (no submission is being graded here, the sandbox is off, or its template could not start or died:
@@ -543,8 +583,7 @@ def submission_template():
         try:
             _submission["template"] = SubmissionTemplate(_submission["folder"])
         except TemplateUnavailable as err:
-            log.warning("%s; each notebook's kernel starts in a sandbox of its own", err)
-            _submission["failed"] = True
+            template_failed(err)
             return None
     template = _submission["template"]
     return template if template.alive() else None
@@ -565,6 +604,7 @@ def sandboxed_kernel_manager_class():
             self.ipc_dir = None  # the kernel's sockets: a short path of its own (see _short_temp_dir)
             self.cap = None
             self.template = None  # the submission's template, when it forks this kernel
+            self.sandbox_pid = None  # the host's pid of a process in the kernel's pid namespace
 
         def format_kernel_cmd(self, extra_arguments=None):
             argv = super().format_kernel_cmd(extra_arguments)
@@ -577,15 +617,23 @@ def sandboxed_kernel_manager_class():
         async def _async_launch_kernel(self, kernel_cmd, **kw):
             if self.template is not None:
                 connection = json.loads(Path(self.connection_file).read_text())
-                process = self.template.fork(connection, kw.get("env", {}))
+                arguments = kernel_cmd[kernel_cmd.index("-f") + 2:] if "-f" in kernel_cmd else []
+                try:
+                    process = self.template.fork(connection, kw.get("env", {}), arguments)
+                except TemplateUnavailable as err:
+                    template_failed(err)  # later notebooks: a sandbox each
+                    raise
                 self.provisioner.process = process
-                self.provisioner.pid = self.provisioner.pgid = process.pid
+                self.provisioner.pid, self.provisioner.pgid = process.pid, None  # signals go through its pidfd
                 self._reconcile_connection_info(self.provisioner.connection_info)
                 self.ip = str(self.template.root) + self.ip
+                self.sandbox_pid = process.pid
                 return
             await super()._async_launch_kernel(kernel_cmd, **kw)
             if self.sandboxed:  # from now on the grader's side reaches the sockets from outside
-                self.ip = str(sandbox_root(self.provisioner.process.pid)) + self.ip
+                root = sandbox_root(self.provisioner.process.pid)
+                self.ip = str(root) + self.ip
+                self.sandbox_pid = int(root.parts[2])  # /proc/<pid>/root: a process in the kernel's sandbox
 
         async def start_kernel(self, **kw):
             self.ipc_dir = Path(tempfile.mkdtemp(prefix=f"{IPC_PREFIX}{os.getpid()}-", dir=_short_temp_dir()))
@@ -609,18 +657,30 @@ def sandboxed_kernel_manager_class():
             checks_dir = os.path.dirname(self.ip)
             kw["env"][protocol.CHECKS_SOCKET_VARIABLE] = f"{checks_dir}/{CHECKS_SOCKET_NAME}"
             kw["cwd"] = str(self.ipc_dir)
-            return await AsyncKernelManager.start_kernel(self, **kw)
+            try:
+                return await AsyncKernelManager.start_kernel(self, **kw)
+            except BaseException:
+                self._remove_sandbox()  # nbclient does not clean up a kernel that did not start
+                raise
 
         @property
         def checks_socket(self):
             """The host's path of the socket the kernel answers the hidden checks on (kernel.py)."""
             return str(Path(self.ip).parent / CHECKS_SOCKET_NAME)
 
+        def checks_peer(self):
+            """What the process listening on `checks_socket` must be: in this kernel's pid namespace (its
+            sandbox's; a template's, for a forked kernel). None without a sandbox (a trusted test machine)."""
+            return pid_namespace(self.sandbox_pid) if self.sandbox_pid else None
+
         def stop_sandbox(self):
-            """Kill the kernel and every process of its sandbox now (from any thread): a hidden check's call
-            hung in it. nbclient's shutdown later finds it dead and removes the rest."""
+            """Kill the kernel now (from any thread): a hidden check's call hung in it. A kernel of its own
+            sandbox goes with every process of that sandbox; a forked one with its process group (the rest
+            of its submission's sandbox ends with the submission). nbclient's shutdown later finds it dead."""
             process = getattr(self.provisioner, "process", None)
-            if process is not None:
+            if isinstance(process, ForkedKernel):
+                process.kill()
+            elif process is not None:
                 try:
                     os.killpg(process.pid, signal.SIGKILL)
                 except (ProcessLookupError, PermissionError):

@@ -11,6 +11,7 @@ import os
 import select
 import signal
 import socket
+import struct
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ import torch
 
 import course_config
 
-from .sandbox import process_cap, sandbox_environment, worker_command
+from .sandbox import pid_namespace, process_cap, sandbox_environment, worker_command
 from .time_budget import call_deadline, first_to_end, submission_deadline
 from .sandboxed_worker import protocol
 from .sandboxed_worker.protocol import decode_value, describe
@@ -246,16 +247,27 @@ class WorkerProcess(LineChannel):
 class KernelConnection(LineChannel):
     """The notebook's own kernel, after nbgrader has run every cell in it: requests and replies over the
     Unix socket its launcher listens on (sandboxed_worker/kernel.py). Its namespace is the notebook's,
-    already loaded. `stop` kills the kernel's sandbox (a call that hangs there cannot be interrupted)."""
+    already loaded. `stop` kills the kernel (a call that hangs there cannot be interrupted); closing
+    this connection, when the checks are done or have given up on it, does too.
+
+    The socket's path lies in the kernel's sandbox, where the student's code may have put a link to a
+    socket elsewhere (a classmate's kernel's): the process that listens must be in the kernel's own
+    pid namespace (`peer`, sandbox.pid_namespace), asked of the kernel (SO_PEERCRED) before anything
+    is sent."""
 
     CONNECT_TIMEOUT_S = 5
 
-    def __init__(self, path, stop):
+    def __init__(self, path, stop, peer=None):
         self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._stop = stop
         try:
             self._socket.settimeout(self.CONNECT_TIMEOUT_S)
             self._socket.connect(str(path))
+            if peer is not None:
+                credentials = self._socket.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+                listener = struct.unpack("3i", credentials)[0]
+                if pid_namespace(listener) != peer:
+                    raise ConnectionRefusedError(f"the socket's listener (pid {listener}) is not in the kernel's sandbox")
             self._socket.settimeout(course_config.CALL_TIMEOUT_S)  # a send the kernel does not read stops
         except OSError:
             self._socket.close()
@@ -263,13 +275,14 @@ class KernelConnection(LineChannel):
         super().__init__(self._socket.fileno())
 
     @classmethod
-    def open(cls, path, stop, log=None):
+    def open(cls, path, stop, peer=None, log=None):
         """A connection to the kernel's checks socket at `path` that has answered a ping, or None when
-        nothing answers there within CONNECT_TIMEOUT_S (a kernel of another kind, or one whose listener
-        the student's code closed or took): a worker answers instead, and no check lost any time."""
+        nothing of the kernel's answers there within CONNECT_TIMEOUT_S (a kernel of another kind, or one
+        whose listener the student's code closed, took or linked elsewhere): a worker answers instead,
+        and no check lost any time."""
         connection = None
         try:
-            connection = cls(path, stop)
+            connection = cls(path, stop, peer)
             connection.send({"op": "ping"})
             if connection.receive(time.monotonic() + cls.CONNECT_TIMEOUT_S) == {"ok": True}:
                 return connection

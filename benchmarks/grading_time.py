@@ -85,7 +85,7 @@ def sandboxed_seconds(path, name):
         for index, cell in enumerate(nb.cells):
             client.execute_cell(cell, index)
         executed = time.perf_counter()
-        kernel = KernelConnection.open(client.km.checks_socket, client.km.stop_sandbox)
+        kernel = KernelConnection.open(client.km.checks_socket, client.km.stop_sandbox, client.km.checks_peer())
         assert kernel is not None, "the kernel did not answer the checks"
         verdicts = plan.decide(logging.getLogger("benchmark"), kernel=kernel)
         checked = time.perf_counter()

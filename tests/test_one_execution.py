@@ -1,6 +1,8 @@
 """The notebook's kernel answers the hidden checks (one sandboxed process per notebook; while a submission is
 graded, its template forks those kernels), and a fresh worker answers when that kernel cannot. The kernels here start as SandboxedExecute starts them; the batch's count
 of sandboxes, observed from outside the grader, is in test_scale.py."""
+import socket
+import threading
 import time
 from contextlib import contextmanager
 
@@ -29,7 +31,7 @@ def kernel_that_ran(cells, folder):
 
 
 def answering(km):
-    kernel = KernelConnection.open(km.checks_socket, km.stop_sandbox)
+    kernel = KernelConnection.open(km.checks_socket, km.stop_sandbox, km.checks_peer())
     assert kernel is not None, "the kernel does not answer on its checks socket"
     return kernel
 
@@ -40,7 +42,9 @@ def test_the_kernel_answers_with_the_namespace_its_notebook_built(tmp_path):
              "def double(x):\n    global runs\n    runs += 1\n    return x * 2",
              "class Counter:\n    def __init__(self):\n        self.n = 0\n    def add(self, k):\n        self.n += k\n"
              "        return self.n",
-             "double(torch.ones(1))"]
+             "double(torch.ones(1))",
+             "torch.set_grad_enabled(False)  # per thread in torch: the checks' calls must see it too\n"
+             "def grad_mode():\n    return torch.is_grad_enabled()"]
     with kernel_that_ran(cells, tmp_path) as (km, nb):
         assert not any(o.get("output_type") == "error" for c in nb.cells for o in c.outputs), nb.cells
         kernel = answering(km)
@@ -48,6 +52,7 @@ def test_the_kernel_answers_with_the_namespace_its_notebook_built(tmp_path):
             assert student.call("double", torch.arange(3.0)).value.array.tolist() == [0.0, 2.0, 4.0]
             assert student.value("runs").value == 2, "the notebook's own call and this one: one namespace"
             assert student.value("WHO").value == "the student", "the launcher's files do not shadow theirs"
+            assert student.call("grad_mode").value is False, "calls run where the cells ran: the main thread"
             counter = student.call("Counter", keep=True).handle
             student.method(counter, "add", 2)
             assert student.method(counter, "add", 3).value == 5, "an object kept in the kernel between calls"
@@ -80,7 +85,7 @@ def test_a_notebook_that_takes_over_the_checks_socket_is_answered_by_a_worker(tm
     with kernel_that_ran(cells, tmp_path) as (km, nb):
         assert not any(o.get("output_type") == "error" for c in nb.cells for o in c.outputs), nb.cells
         started = time.monotonic()
-        assert KernelConnection.open(km.checks_socket, km.stop_sandbox) is None
+        assert KernelConnection.open(km.checks_socket, km.stop_sandbox, km.checks_peer()) is None
         assert time.monotonic() - started < KernelConnection.CONNECT_TIMEOUT_S + 2
         with SandboxedStudent(cells) as student:  # what ChecksPlan.decide does without a kernel
             assert student.call("plus_one", 41).value == 42
@@ -110,3 +115,34 @@ def test_a_submission_s_kernels_are_forked_by_one_template_that_ends_with_it(tmp
     assert template.process.poll() is not None, "the template ended with the submission"
     assert not [p for p in psutil.process_iter(["cmdline"]) if p.info["cmdline"] == ["sleep", "7377"]], \
         "nothing a notebook started outlives its submission"
+
+
+def test_a_link_in_place_of_the_checks_socket_reaches_nothing_outside_the_sandbox(tmp_path):
+    """The student's code puts a link to a socket of the host (a classmate's kernel's, say) where its
+    kernel's socket was: the grader, which follows it from outside, finds a listener that is not in the
+    kernel's sandbox and sends it nothing; a worker answers instead."""
+    decoy_path = tmp_path / "decoy"
+    decoy = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    decoy.bind(str(decoy_path))
+    decoy.listen(4)
+    heard = []
+
+    def listen():
+        decoy.settimeout(30)
+        try:
+            connection, _ = decoy.accept()
+            connection.settimeout(3)
+            heard.append(connection.recv(100))
+        except OSError:
+            pass
+
+    listener = threading.Thread(target=listen, daemon=True)
+    listener.start()
+    cells = [f"import os\nos.remove('/ipc/checks')\nos.symlink({str(decoy_path)!r}, '/ipc/checks')",
+             "def plus_one(x):\n    return x + 1"]
+    with kernel_that_ran(cells, tmp_path) as (km, nb):
+        assert not any(o.get("output_type") == "error" for c in nb.cells for o in c.outputs), nb.cells
+        assert KernelConnection.open(km.checks_socket, km.stop_sandbox, km.checks_peer()) is None
+    listener.join(10)
+    decoy.close()
+    assert heard in ([], [b""]), "nothing was sent to a socket outside the kernel's sandbox"

@@ -19,7 +19,9 @@ through the same `Session`:
     {"op": "call", "function": ...}     --->  Session.handle: the kernel's functions
                                         <---  {"result": {...arrays...}}
 
-So the student's code is loaded, and torch imported, once per notebook. The grader
+So the student's code is loaded once per notebook. While a submission is graded, one
+process per submission (`--template`, `serve_forks`) imports torch and ipykernel and
+forks each notebook's kernel, so torch is imported once per submission. The grader
 trusts nothing here beyond the values that come back. If this kernel died, ran out
 of time or hangs on a call, the grader asks a fresh worker instead (student.py).
 """
@@ -34,17 +36,50 @@ from worker import Session, install_tripwires, serve
 
 
 def answer_checks(listener, get_ipython):
-    """Serve the grader, one connection at a time, with the kernel's namespace as it is then."""
+    """Serve the grader, one connection at a time, with the kernel's namespace as it is then. Each request
+    is handled in the kernel's main thread, where the notebook's cells ran: torch's grad mode and default
+    device are per thread, and a call must see them as the student's cells left them."""
+    from ipykernel.kernelapp import IPKernelApp
+
     while True:
         try:
             connection, _ = listener.accept()
         except OSError:
             return  # the listener is closed (the student's code closed it): the grader asks a worker
+        main_loop = IPKernelApp.instance().io_loop
         try:
+            main_loop_call(main_loop, _close_figures)
             with connection, connection.makefile("rb") as requests, connection.makefile("wb") as replies:
-                serve(Session(namespace=get_ipython().user_ns), requests, replies)
+                serve(Session(namespace=get_ipython().user_ns), requests, replies,
+                      run=lambda handle: main_loop_call(main_loop, handle))
         except Exception:  # noqa: BLE001 - the grader hung up; keep listening (it decides what a silence means)
             pass
+
+
+def main_loop_call(main_loop, function):
+    """function(), run in the kernel's main thread (its event loop), once it is idle; its result."""
+    done, outcome = threading.Event(), {}
+
+    def run():
+        try:
+            outcome["value"] = function()
+        except BaseException as err:  # noqa: BLE001 - handed to the caller
+            outcome["error"] = err
+        finally:
+            done.set()
+
+    main_loop.add_callback(run)
+    done.wait()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
+def _close_figures():
+    """No figure left open by the notebook's last cells (as JupyterLab's inline backend closes them after
+    each cell): a function that draws on pyplot's current figure starts from none, as in a worker."""
+    if "matplotlib.pyplot" in sys.modules:
+        sys.modules["matplotlib.pyplot"].close("all")
 
 
 def listen_for_checks(path):
@@ -82,8 +117,9 @@ def prepare():
 
 def serve_forks(control_path):
     """The template of one submission: fork a kernel for each of its notebooks, on the grader's request
-    ({"connection": the kernel's connection file, "folder": its working folder, "env": {...}}), and
-    reply with the child's pid (in this sandbox). Nothing here ever runs a student's cell."""
+    ({"connection": the kernel's connection file, "folder": its working folder, "env": {...},
+    "checks_socket": a path, "arguments": ipykernel's other options}), and reply with the child's pid
+    (in this sandbox). Nothing here ever runs a student's cell."""
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernels that end are reaped by the system
     control = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     control.bind(control_path)
@@ -92,6 +128,7 @@ def serve_forks(control_path):
     requests, replies = connection.makefile("rb"), connection.makefile("wb")
     for line in requests:
         request = loads(line)
+        clear_scratch()
         pid = os.fork()
         if pid == 0:
             try:
@@ -102,6 +139,24 @@ def serve_forks(control_path):
                 os._exit(1)
         replies.write(dumps({"pid": pid}))
         replies.flush()
+
+
+def clear_scratch():
+    """Before the next notebook's kernel: the earlier kernels' folders and files go (they have ended; the
+    grader runs a submission's notebooks one after another), so each notebook starts with the room and
+    the files a kernel of its own would have."""
+    import shutil
+
+    for folder in (TEMPLATE_WORK_DIR, "/tmp", "/dev/shm"):
+        for entry in os.listdir(folder) if os.path.isdir(folder) else []:
+            path = os.path.join(folder, entry)
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                try:
+                    os.remove(path)
+                except OSError:
+                    pass
 
 
 def run_forked_kernel(request):
@@ -124,11 +179,12 @@ def run_forked_kernel(request):
     with open(connection_file, "w") as out:
         json.dump(connection, out)
     listen_for_checks(request["checks_socket"])
-    launch_kernel(["-f", connection_file])
+    launch_kernel(["-f", connection_file, *request.get("arguments", [])])
     os._exit(0)
 
 
 ASSIGNMENT_DIR = "/assignment"  # where the sandbox shows the submission's folder, read-only (sandbox.py)
+TEMPLATE_WORK_DIR = "/kernels"  # the template's tmpfs of kernels' working folders (sandbox.py)
 
 
 def main():

@@ -192,6 +192,8 @@ class Session:
         return handler(request) if handler else {"error": f"unknown op {request.get('op')!r}"}
 
     def load(self, request):
+        if self.run_cell is None:  # a notebook's kernel (kernel.py): its notebook has run, cell by cell
+            return {"error": "this process loads no cells: it ran the notebook itself"}
         errors = []
         for index, source in enumerate(request.get("cells", [])):
             error = self.run_cell(source)
@@ -306,12 +308,13 @@ def _ipython_runner(namespace_holder):
     return run_cell
 
 
-def serve(session, requests, replies):
+def serve(session, requests, replies, run=lambda handle: handle()):
     """Answer the grader's requests, one JSON line each, until it hangs up (the worker's pipe, or the
-    socket a notebook's kernel listens on: kernel.py)."""
+    socket a notebook's kernel listens on: kernel.py, whose `run` handles each in its main thread)."""
     for line in requests:
         try:
-            reply = session.handle(loads(line))
+            request = loads(line)
+            reply = run(lambda: session.handle(request))
         except BaseException as err:  # noqa: BLE001 - keep serving; the grader decides
             reply = {"error": _short(f"{type(err).__name__}: {err}")}
         replies.write(dumps(reply))
