@@ -145,7 +145,7 @@ class SandboxedExecute(Execute):
 
     def preprocess(self, nb, resources):
         info = resources.setdefault("nbgrader", {})
-        plan = info.get("trusted_checks")
+        plan = info.get("trusted_checks")  # a ChecksPlan, or verdicts decided without a kernel
         self._plan, self._verdicts = (plan if isinstance(plan, ChecksPlan) else None), None
         if is_unanswered(nb, resources):
             self._current_cell = None
@@ -181,7 +181,7 @@ class SandboxedExecute(Execute):
         if self._plan is not None:
             if self._verdicts is None:  # the kernel could not answer: a worker does
                 self._verdicts = self._plan.decide(self.log, **stopped)
-            info["trusted_checks"] = _Decided(self._verdicts)
+            info["trusted_checks"] = self._verdicts
         return nb, resources
 
     def preprocess_cell(self, cell, resources, index):
@@ -281,21 +281,11 @@ class PlanTrustedChecks(NbGraderPreprocessor):
             return nb, resources
         info = resources.setdefault("nbgrader", {})
         if is_unanswered(nb, resources):
-            info["trusted_checks"] = _Decided({name: Verdict("failed", UNANSWERED, rule="answered") for name in names})
+            info["trusted_checks"] = {name: Verdict("failed", UNANSWERED, rule="answered") for name in names}
             return nb, resources
         cuda = grading_on_cuda() if self.cuda_available is None else self.cuda_available
         info["trusted_checks"] = ChecksPlan(names, student_code(nb), student_written_code(nb), graded_answers(nb), cuda)
         return nb, resources
-
-
-class _Decided:
-    """The verdicts of a notebook's checks, for TrustedChecks."""
-
-    def __init__(self, verdicts):
-        self.verdicts = verdicts
-
-    def result(self):
-        return self.verdicts
 
 
 class TrustedChecks(NbGraderPreprocessor):
@@ -307,10 +297,11 @@ class TrustedChecks(NbGraderPreprocessor):
     def preprocess(self, nb, resources):
         info = resources.setdefault("nbgrader", {})
         pending = info.setdefault("pending_checks", {})
-        future = info.pop("trusted_checks", None)
-        if future is None:
+        verdicts = info.pop("trusted_checks", None)  # {name: Verdict}, or a plan nothing decided yet
+        if verdicts is None:
             return nb, resources
-        verdicts = future.result()
+        if isinstance(verdicts, ChecksPlan):  # a pipeline without SandboxedExecute: a worker decides
+            verdicts = verdicts.decide(self.log)
         for cell in nb.cells:
             name = hidden_check_name(cell)
             if name:

@@ -316,14 +316,18 @@ def kernel_command(kernel_argv, assignment_dir, work_dir, connection_file, cap):
     return limited_command(prefix, ["/bin/sh", "-c", COPY_THEN_EXEC, SANDBOX_ASSIGNMENT_DIR] + argv, cap)
 
 
+def _children(pid):
+    """The host's pids of the children of process `pid` (of every thread of it)."""
+    return [int(child) for task in Path(f"/proc/{pid}/task").glob("*") for child in _read(task / "children").split()]
+
+
 def sandbox_root(launched_pid, timeout=30.0):
     """The host's path of the root folder of the sandbox that `launched_pid` (the bwrap process a
     Popen started) set up: /proc/<pid>/root of bwrap's first process inside the sandbox, once it is
     there. Paths under it lead into the sandbox's own (tmpfs) folders."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        children = _read(f"/proc/{launched_pid}/task/{launched_pid}/children").split()
-        for child in children:
+        for child in _children(launched_pid):
             root = Path(f"/proc/{child}/root")
             try:
                 if os.stat(root).st_ino != os.stat("/").st_ino or os.stat(root).st_dev != os.stat("/").st_dev:
@@ -385,14 +389,12 @@ class SubmissionTemplate:
 
     def __init__(self, assignment_dir):
         self.cap = process_cap()
-        self.ipc_dir = Path(tempfile.mkdtemp(prefix=f"{IPC_PREFIX}{os.getpid()}-", dir=_short_temp_dir()))
         prefix = sandbox_prefix(extra_ro_binds=[(assignment_dir, SANDBOX_ASSIGNMENT_DIR), (WORKER_DIR, SANDBOX_WORKER_DIR)],
                                 extra_tmpfs=[TEMPLATE_WORK_DIR, (SANDBOX_IPC_DIR, SANDBOX_IPC_BYTES)],
                                 chdir=TEMPLATE_WORK_DIR)
         command = [python_executable(), f"{SANDBOX_WORKER_DIR}/kernel.py", "--template", f"{SANDBOX_IPC_DIR}/template"]
         self.process = subprocess.Popen(limited_command(prefix, command, self.cap), stdin=subprocess.DEVNULL,
-                                        env=sandbox_environment(home=TEMPLATE_WORK_DIR), start_new_session=True,
-                                        cwd=str(self.ipc_dir))
+                                        env=sandbox_environment(home=TEMPLATE_WORK_DIR), start_new_session=True)
         self.forked = 0
         self._replies = b""
         try:
@@ -418,17 +420,16 @@ class SubmissionTemplate:
 
     def fork(self, connection_info, env, arguments=()):
         """Fork a kernel with `connection_info` (its connection file, whose ip is a path under
-        SANDBOX_IPC_DIR/<name>/), `env` and ipykernel's other `arguments`; return it as a ForkedKernel.
+        SANDBOX_IPC_DIR/<name>/), `env` (which names its checks socket, protocol.CHECKS_SOCKET_VARIABLE)
+        and ipykernel's other `arguments`; return it as a ForkedKernel.
         The template is the student's process too (a kernel it forked can write on its socket): its reply
         is read within FORK_TIMEOUT_S and MAX_REPLY_BYTES, and the pid it names must be one of its own
         children. Otherwise the template is killed and TemplateUnavailable raised."""
         self.forked += 1
         name = f"kernel-{self.forked}"
         request = {"connection": dict(connection_info), "folder": f"{TEMPLATE_WORK_DIR}/{name}",
-                   "checks_socket": f"{os.path.dirname(connection_info['ip'])}/{CHECKS_SOCKET_NAME}",
                    "arguments": list(arguments),
-                   "env": dict({k: v for k, v in env.items() if k != protocol.CHECKS_SOCKET_VARIABLE},
-                               HOME=f"{TEMPLATE_WORK_DIR}/{name}",
+                   "env": dict(env, HOME=f"{TEMPLATE_WORK_DIR}/{name}",
                                MPLCONFIGDIR=f"{TEMPLATE_WORK_DIR}/{name}/.matplotlib",
                                IPYTHONDIR=f"{TEMPLATE_WORK_DIR}/{name}/.ipython")}
         deadline = time.monotonic() + self.FORK_TIMEOUT_S
@@ -452,11 +453,10 @@ class SubmissionTemplate:
 
     def _child(self, inner_pid):
         """The host's pid of the template's own child whose pid in the sandbox is `inner_pid`."""
-        for task in Path(f"/proc/{self.template_pid}/task").glob("*"):
-            for child in _read(task / "children").split():
-                for line in _read(f"/proc/{child}/status").splitlines():
-                    if line.startswith("NSpid:") and line.split()[-1] == str(inner_pid):
-                        return int(child)
+        for child in _children(self.template_pid):
+            for line in _read(f"/proc/{child}/status").splitlines():
+                if line.startswith("NSpid:") and line.split()[-1] == str(inner_pid):
+                    return child
         raise ProcessLookupError(f"the template has no child {inner_pid}")
 
     def _find_template_pid(self):
@@ -467,8 +467,7 @@ class SubmissionTemplate:
             argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
             if argv[1:3] == [f"{SANDBOX_WORKER_DIR}/kernel.py".encode(), b"--template"]:  # not bwrap's own
                 return pid
-            for task in Path(f"/proc/{pid}/task").glob("*"):
-                waiting += [int(child) for child in _read(task / "children").split()]
+            waiting += _children(pid)
         raise ProcessLookupError("the template's process is not there")
 
     def alive(self):
@@ -488,7 +487,6 @@ class SubmissionTemplate:
         control = getattr(self, "_control", None)
         if control is not None:
             control.close()
-        shutil.rmtree(self.ipc_dir, ignore_errors=True)
 
 
 class ForkedKernel:

@@ -25,7 +25,9 @@ forks each notebook's kernel, so torch is imported once per submission. The grad
 trusts nothing here beyond the values that come back. If this kernel died, ran out
 of time or hangs on a call, the grader asks a fresh worker instead (student.py).
 """
+import json
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -117,8 +119,8 @@ def prepare():
 
 def serve_forks(control_path):
     """The template of one submission: fork a kernel for each of its notebooks, on the grader's request
-    ({"connection": the kernel's connection file, "folder": its working folder, "env": {...},
-    "checks_socket": a path, "arguments": ipykernel's other options}), and reply with the child's pid
+    ({"connection": the kernel's connection file, "folder": its working folder, "env": {...} (with
+    CHECKS_SOCKET_VARIABLE), "arguments": ipykernel's other options}), and reply with the child's pid
     (in this sandbox). Nothing here ever runs a student's cell."""
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernels that end are reaped by the system
     control = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -145,8 +147,6 @@ def clear_scratch():
     """Before the next notebook's kernel: the earlier kernels' folders and files go (they have ended; the
     grader runs a submission's notebooks one after another), so each notebook starts with the room and
     the files a kernel of its own would have."""
-    import shutil
-
     for folder in (TEMPLATE_WORK_DIR, "/tmp", "/dev/shm"):
         for entry in os.listdir(folder) if os.path.isdir(folder) else []:
             path = os.path.join(folder, entry)
@@ -161,9 +161,6 @@ def clear_scratch():
 
 def run_forked_kernel(request):
     """In a child of the template: become one notebook's kernel, in a copy of the assignment folder."""
-    import json
-    import shutil
-
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # the student's own subprocesses are waited for as usual
     os.setsid()
     folder = request["folder"]
@@ -178,7 +175,7 @@ def run_forked_kernel(request):
     connection_file = os.path.join(os.path.dirname(connection["ip"]), "kernel.json")
     with open(connection_file, "w") as out:
         json.dump(connection, out)
-    listen_for_checks(request["checks_socket"])
+    listen_for_checks(os.environ.pop(CHECKS_SOCKET_VARIABLE))
     launch_kernel(["-f", connection_file, *request.get("arguments", [])])
     os._exit(0)
 
