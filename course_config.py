@@ -126,6 +126,10 @@ NOTEBOOK_READ_MAX_MB = _policy("NOTEBOOK_READ_MAX_MB", 200)
 # 190 MB of stored output is read within 1 GiB; 10 MB of empty objects reaches 3 GiB in about 30 s.)
 NOTEBOOK_PARSE_MEMORY_MB = _policy("NOTEBOOK_PARSE_MEMORY_MB", 3072)
 NOTEBOOK_PARSE_TIMEOUT_S = _policy("NOTEBOOK_PARSE_TIMEOUT_S", 120)
+# Making one submission's feedback pages (nbgrader's generate_feedback for one student, in the batch's
+# feedback process, autograder/feedback.py): past it that process is replaced, the batch goes on, and
+# its summary names the submission (`make feedback` makes its pages again).
+FEEDBACK_TIMEOUT_S = _policy("FEEDBACK_TIMEOUT_S", 120)
 # The Unix group of the course's students (hub/setup.sh makes it). Collection takes an exchange folder
 # only when the name it starts with is an account of this group, and that account made the folder
 # (autograder/collect.py): a folder named after a classmate, or after no student at all, is refused.

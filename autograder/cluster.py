@@ -64,7 +64,9 @@ def dask_setup(worker):
 
 @contextmanager
 def grading_client():
-    """A Dask client for the batch: the course's cluster, or an embedded LocalCluster."""
+    """A Dask client for the batch: the course's cluster, or an embedded LocalCluster. The batch enters
+    it in another thread, so the cluster starts while the batch prepares: the client is never made
+    "current" (a context variable of the thread that made it); pass `client.loop` where Dask asks."""
     import dask
     from distributed import Client, LocalCluster
     from distributed.security import Security
@@ -78,9 +80,12 @@ def grading_client():
                 raise SandboxUnavailable("ATTENTION_SURGEON_DASK_SCHEDULER is set, but Dask has no TLS certificate "
                                          "for this client (DASK_DISTRIBUTED__COMM__TLS__CA_FILE, ..._CLIENT__CERT "
                                          "and ..._CLIENT__KEY; README.md, \"Grading on more hosts\")")
-            with Client(course_config.DASK_SCHEDULER, timeout=CONNECT_TIMEOUT_S, security=security) as client:
+            client = Client(course_config.DASK_SCHEDULER, timeout=CONNECT_TIMEOUT_S, security=security)
+            try:
                 client.wait_for_workers(1, timeout=CONNECT_TIMEOUT_S)
                 yield client
+            finally:
+                client.close()
             return
         # Workers of one thread: each has one grading process, busy with one submission at a time.
         # No memory limit of Dask's: what a student's code uses is capped in its sandbox. Dask's scratch
@@ -90,9 +95,12 @@ def grading_client():
             with dask.config.set({"temporary-directory": scratch}), \
                     LocalCluster(n_workers=course_config.GRADING_PARALLELISM, threads_per_worker=1, processes=True,
                                  memory_limit=0, dashboard_address=None, silence_logs=logging.ERROR,
-                                 local_directory=scratch, security=Security.temporary()) as cluster, \
-                    Client(cluster, security=cluster.security) as client:
-                yield client
+                                 local_directory=scratch, security=Security.temporary()) as cluster:
+                client = Client(cluster, security=cluster.security)
+                try:
+                    yield client
+                finally:
+                    client.close()
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
 

@@ -7,15 +7,19 @@ missing points as zeros. This plugin writes the same columns, then
     pending_points   the points of grades nobody has decided yet
     pending          which ones: grade ids, ';'-separated
 
-It is nbgrader's own export (`nbgrader export`, `make export`, `make autograde`), selected in
-course_config.py with ExportApp.plugin_class. Values go through the csv module, so a name with
+It is nbgrader's own export (`nbgrader export`, `make export`), selected in course_config.py
+with ExportApp.plugin_class; `make autograde` runs the same plugin in its own process
+(`write_grades_csv`). Values go through the csv module, so a name with
 a comma or a quote stays in its column, and through `csv_cell`, so a student id that a spreadsheet
 would run as a formula (`=HYPERLINK(...)`) is shown as text.
 """
 import csv
+import logging
 
-from nbgrader.api import MissingEntry
+from nbgrader.api import Gradebook, MissingEntry
 from nbgrader.plugins import CsvExportPlugin
+
+import course_config
 
 from .safe_text import csv_cell
 
@@ -65,3 +69,13 @@ class CsvWithPendingPlugin(CsvExportPlugin):
                                pending_points=sum(points for _, points in pending),
                                pending=";".join(name for name, _ in pending))
                 yield row
+
+
+def write_grades_csv(path=None):
+    """grades.csv (or `path`) from the course's gradebook, as `nbgrader export --to=grades.csv` writes it,
+    without starting another process."""
+    course = course_config.c.CourseDirectory
+    quiet = logging.getLogger("attention_surgeon.export.nbgrader")
+    quiet.propagate = False  # its one line, "Exporting grades", is the batch's own summary's
+    with Gradebook(course.db_url, course.course_id) as gradebook:
+        CsvWithPendingPlugin(to=str(path or course_config.COURSE_ROOT / "grades.csv"), log=quiet).export(gradebook)

@@ -4,19 +4,29 @@ nbgrader's generate_feedback --force rewrites feedback/<student>/<assignment>/ f
 the notes that say why a student got 0 (a notebook that could not be read, a batch that ran out
 of time, files left out) would vanish at the next `make feedback`. `make autograde` keeps the
 notes in .grading/report.json; every feedback run writes them back.
+
+`make autograde` makes each submission's pages as soon as its grades are in the gradebook, while
+the batch goes on (`FeedbackPages`: one process of its own, `python -m autograder.feedback
+--follow`, which imports nbgrader once and makes one submission's pages at a time); `make
+feedback` makes everyone's again, after a TA's manual grading.
 """
+import collections
+import copy
 import json
 import logging
 import os
+import select
 import subprocess
 import sys
+import time
 from html import escape
 
 from nbgrader.preprocessors import GetGrades
 
 import course_config
 
-from .nbgrader_cli import run_nbgrader
+from .nbgrader_cli import nbgrader_env, run_nbgrader
+from .safe_text import one_line
 
 log = logging.getLogger("attention_surgeon.feedback")
 REPORTS = course_config.COURSE_ROOT / ".grading" / "report.json"
@@ -110,5 +120,130 @@ def generate_feedback(assignments=None, quiet=True):
     return status
 
 
+class FeedbackPages:
+    """The batch's feedback process: `add(assignment, student)` once that submission's grades are in the
+    gradebook; `finish()` waits for every page and returns the submissions whose pages could not be made.
+
+    The process makes one submission's pages at a time, in the order they were added. At most WINDOW
+    requests are in its pipe (the rest wait here), so neither pipe ever fills and blocks the batch.
+    A submission that takes more than FEEDBACK_TIMEOUT_S (a notebook built to make nbconvert hang, say)
+    is given up: the process is killed and a fresh one goes on with the rest."""
+
+    WINDOW = 64
+    MAX_RESTARTS = 3  # in a row, with no page made in between
+
+    def __init__(self, log_path):
+        self.log_path = log_path
+        self.waiting, self.sent, self.failed = collections.deque(), collections.deque(), []
+        self.process, self.buffer, self.since, self.restarts = None, b"", time.monotonic(), 0
+        self._start()
+
+    def _start(self):
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log_file:
+            self.process = subprocess.Popen([sys.executable, "-m", "autograder.feedback", "--follow"],
+                                            cwd=course_config.COURSE_ROOT, env=nbgrader_env(), stdin=subprocess.PIPE,
+                                            stdout=subprocess.PIPE, stderr=log_file)
+        self.buffer, self.since = b"", time.monotonic()
+
+    def _stop(self):
+        self.process.kill()
+        self.process.wait()
+        for pipe in (self.process.stdin, self.process.stdout):
+            try:
+                pipe.close()
+            except OSError:  # a request it never read
+                pass
+
+    def add(self, assignment, student):
+        self.waiting.append((assignment, student))
+        self._pump(0)
+
+    def finish(self):
+        """Wait for every page; [(assignment, student)] of those that could not be made."""
+        while self.waiting or self.sent:
+            self._pump(1.0)
+        self.close()
+        return self.failed
+
+    def close(self):
+        """End the process: at once, when pages are still waiting (the batch stopped early)."""
+        if self.process.poll() is None and not (self.waiting or self.sent):
+            self.process.stdin.close()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+        self._stop()  # killed if it still runs; its pipes closed
+
+    def _pump(self, wait):
+        """Read the replies that came (waiting up to `wait` s for one), send more, and give up on the
+        submission at the head when it is past FEEDBACK_TIMEOUT_S or the process died."""
+        while self.waiting and len(self.sent) < self.WINDOW:
+            item = self.waiting.popleft()
+            if not self.sent:
+                self.since = time.monotonic()
+            self.sent.append(item)
+            try:
+                self.process.stdin.write((json.dumps(item) + "\n").encode())
+                self.process.stdin.flush()
+            except OSError:  # it died: found below
+                break
+        ended = False
+        if self.sent and select.select([self.process.stdout], [], [], wait)[0]:
+            chunk = os.read(self.process.stdout.fileno(), 1 << 16)
+            ended = not chunk
+            self.buffer += chunk
+            while b"\n" in self.buffer:
+                line, _, self.buffer = self.buffer.partition(b"\n")
+                try:
+                    reply = json.loads(line)
+                except ValueError:
+                    continue
+                if self.sent and reply.get("done") == list(self.sent[0]):
+                    item = self.sent.popleft()
+                    if not reply.get("ok"):
+                        self.failed.append(item)
+                    self.since, self.restarts = time.monotonic(), 0
+        late = self.sent and time.monotonic() - self.since > course_config.FEEDBACK_TIMEOUT_S
+        if self.sent and (ended or late or self.process.poll() is not None):
+            item = self.sent.popleft()
+            log.error("feedback for %s: %s", one_line("/".join(item)),
+                      f"more than {course_config.FEEDBACK_TIMEOUT_S} s" if late else "the feedback process died")
+            self.failed.append(item)
+            self._stop()
+            self.waiting.extendleft(reversed(self.sent))  # sent again, to a fresh process
+            self.sent.clear()
+            self.restarts += 1
+            if self.restarts > self.MAX_RESTARTS:  # it cannot start here: no page gets made
+                log.error("the feedback process stopped %d times in a row; no more feedback pages in this batch",
+                          self.restarts)
+                self.failed += self.waiting
+                self.waiting.clear()
+            self._start()
+
+
+def follow():
+    """The feedback process: for each line {[assignment, student]} of stdin, that submission's pages
+    (nbgrader's generate_feedback for that one student); a line {"done": [...], "ok": ...} for each,
+    on a private copy of stdout (nbgrader's own output goes to stderr, the batch's feedback log)."""
+    from nbgrader.apps import NbGraderAPI
+
+    channel = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)
+    api = NbGraderAPI(config=copy.deepcopy(course_config.c))
+    for line in sys.stdin:
+        assignment, student = json.loads(line)
+        result = api.generate_feedback(assignment, student, force=True)
+        if not result["success"]:
+            log.error("feedback for %s/%s failed:\n%s", one_line(assignment), one_line(student),
+                      one_line(result.get("error") or result.get("log") or "", 20_000))
+        print(json.dumps({"done": [assignment, student], "ok": bool(result["success"])}), file=channel)
+
+
 if __name__ == "__main__":
-    sys.exit(generate_feedback(quiet=False))
+    if sys.argv[1:] == ["--follow"]:
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
+        follow()
+    else:
+        sys.exit(generate_feedback(quiet=False))

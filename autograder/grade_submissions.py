@@ -21,6 +21,7 @@ not graded again (--force grades it again); every other one is graded from a fre
 One submission that crashes, hangs or is not even JSON never stops the batch.
 """
 import argparse
+import copy
 import hashlib
 import json
 import logging
@@ -28,12 +29,12 @@ import os
 import select
 import shutil
 import signal
-import subprocess
 import sys
 import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 
 import nbformat
@@ -43,10 +44,10 @@ import course_config
 
 from .apply_results import apply_result
 from .cluster import grading_client, refusals
-from .feedback import FLAGS, drop_flags, generate_feedback, load_reports, save_reports
+from .export import write_grades_csv
+from .feedback import FLAGS, FeedbackPages, drop_flags, load_reports, save_reports, write_problem_notes
 from .grading_task import (encode_request, failed_result, grade_submission, package_digest, parse_key, read_result,
                            submission_key)
-from .nbgrader_cli import run_nbgrader
 from .preflight import refuse_unless_sandbox_works
 from .safe_text import one_line
 from .sandbox import SandboxUnavailable, sweep_leftovers
@@ -374,6 +375,29 @@ def already_graded(report, previous):
             and (ROOT / "autograded" / report.student / report.assignment).is_dir())
 
 
+class StepTimes:
+    """Wall seconds of each step of the batch, in order ({step: seconds}); `make autograde` prints them
+    and keeps them in .grading/logs/batch_steps.json (benchmarks/grading_time.py reads them)."""
+
+    def __init__(self):
+        self.seconds = {}
+
+    @contextmanager
+    def step(self, name):
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.monotonic() - started
+
+    def line(self):
+        return ", ".join(f"{name} {seconds:.1f} s" for name, seconds in self.seconds.items())
+
+    def save(self, path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.seconds, indent=1))
+
+
 class Progress:
     """One plain line per finished submission (no terminal control codes, so a log reads the same):
     done of total, how many did not finish and how many were flagged so far, and the time left at
@@ -411,48 +435,49 @@ def staged_files(key):
     return {p.name: p.read_bytes() for p in sorted(staged.iterdir()) if p.is_file() and not p.is_symlink()}
 
 
-def grade_on_cluster(keys, progress):
-    """{key: result} (grading_task.read_result's dicts) for the submissions `keys`, graded by Dask tasks;
-    each result is applied to the gradebook (`apply`) as it comes, one at a time, by this process."""
+def grade_on_cluster(keys, progress, client, feedback):
+    """{key: result} (grading_task.read_result's dicts) for the submissions `keys`, graded by Dask tasks
+    on `client`'s cluster; each result is applied to the gradebook (`apply`) as it comes, one at a time,
+    by this process, and its feedback pages are made (`feedback`) while the others are graded."""
     from distributed import as_completed
 
     grader = package_digest()
     results, waiting = {}, list(keys)
-    with grading_client() as client:
-        refused = refusals(client, grader) if course_config.DASK_SCHEDULER else []
-        if refused:
-            raise SandboxUnavailable("; ".join(refused))
-        # A few submissions per worker in flight, the next one sent as one ends: the staged files of a
-        # whole course never sit in this process (or the scheduler) at once.
-        futures, done = {}, as_completed()
+    refused = refusals(client, grader) if course_config.DASK_SCHEDULER else []
+    if refused:
+        raise SandboxUnavailable("; ".join(refused))
+    # A few submissions per worker in flight, the next one sent as one ends: the staged files of a
+    # whole course never sit in this process (or the scheduler) at once.
+    futures, done = {}, as_completed(loop=client.loop)
 
-        def room():  # asked again as workers join or leave
-            return len(futures) < IN_FLIGHT_PER_WORKER * max(1, sum(client.nthreads().values()))
+    def room():  # asked again as workers join or leave
+        return len(futures) < IN_FLIGHT_PER_WORKER * max(1, sum(client.nthreads().values()))
 
-        def submit_next():
-            key = waiting.pop(0)
-            future = client.submit(grade_submission, encode_request(key, grader, staged_files(key)),
-                                   key=f"grade-submission-{uuid.uuid4().hex}", pure=False)
-            futures[future] = key
-            done.add(future)
+    def submit_next():
+        key = waiting.pop(0)
+        future = client.submit(grade_submission, encode_request(key, grader, staged_files(key)),
+                               key=f"grade-submission-{uuid.uuid4().hex}", pure=False)
+        futures[future] = key
+        done.add(future)
 
+    while waiting and room():
+        submit_next()
+    for future in done:
+        key = futures.pop(future)
+        try:
+            result = read_result(future.result(), key)
+        except Exception as err:  # a task that failed on every try (its workers died), or a bad result
+            log.error("%s: %s", one_line(key), one_line(f"{type(err).__name__}: {err}", 2000))
+            result = failed_result(key, "its grading host stopped working while grading it")
+        future.release()
         while waiting and room():
             submit_next()
-        for future in done:
-            key = futures.pop(future)
-            try:
-                result = read_result(future.result(), key)
-            except Exception as err:  # a task that failed on every try (its workers died), or a bad result
-                log.error("%s: %s", one_line(key), one_line(f"{type(err).__name__}: {err}", 2000))
-                result = failed_result(key, "its grading host stopped working while grading it")
-            future.release()
-            while waiting and room():
-                submit_next()
-            results[key] = result
-            applying = time.monotonic()
-            apply(key, result)
-            progress.applying += time.monotonic() - applying
-            progress.finished(key, result["ok"], result["seconds"])
+        results[key] = result
+        applying = time.monotonic()
+        if apply(key, result):
+            feedback.add(*parse_key(key))
+        progress.applying += time.monotonic() - applying
+        progress.finished(key, result["ok"], result["seconds"])
     return results
 
 
@@ -462,9 +487,9 @@ def log_path(assignment, student):
 
 
 def apply(key, result):
-    """One submission's result into the gradebook and autograded/, its flags and its log. A result with
-    no graded notebook (no host could grade it) changes no grade: the earlier rows, if any, stay, and
-    the report says why. Nothing that goes wrong here stops the batch."""
+    """One submission's result into the gradebook and autograded/, its flags and its log; True when its
+    grades were written. A result with no graded notebook (no host could grade it) changes no grade:
+    the earlier rows, if any, stay, and the report says why. Nothing that goes wrong here stops the batch."""
     assignment, student = parse_key(key)
     try:
         path = log_path(assignment, student)
@@ -472,7 +497,7 @@ def apply(key, result):
         path.write_text(result["log"], errors="backslashreplace")
         if not result["notebooks"]:
             result.update(ok=False)
-            return
+            return False
         if result["flags"]:
             FLAGS.mkdir(parents=True, exist_ok=True)
             with open(FLAGS / f"{student}.txt", "a") as out:
@@ -483,25 +508,31 @@ def apply(key, result):
         problem = "its grades could not be written to the gradebook"
     if problem:
         result.update(ok=False, error=problem)
+    return not problem
 
 
-def autograde_all(submissions, force=False):
+def autograde_all(submissions, steps, cluster, feedback, force=False):
     """Grade the submissions [(assignment, student)] that changed (all of them with `force`) on the
-    cluster; return (every report, the keys of those left as they were). A submission whose grading
+    cluster (`cluster`: a future of grading_client's Dask client), their feedback pages made as they
+    come (`feedback`); return (every report, the keys of those left as they were). A submission whose grading
     process died under it was graded once more on its host, and one whose worker died once more on
     another; one that used its whole time limit is not (a second try would only double it)."""
     checks = grader_digest()
     previous = {submission_key(r.get("assignment", ASSIGNMENT), r["student"]): r for r in load_reports()}
     reports = {}
-    for assignment, student in submissions:
-        report = stage(student, assignment)
-        staged = STAGING / "submitted" / student / assignment
-        report.staged, report.checks = folder_digest(staged, root=staged, everything=True), checks
-        reports[report.key] = report
+    with steps.step("staging"):
+        for assignment, student in submissions:
+            report = stage(student, assignment)
+            staged = STAGING / "submitted" / student / assignment
+            report.staged, report.checks = folder_digest(staged, root=staged, everything=True), checks
+            reports[report.key] = report
     unchanged = [] if force else [key for key, report in reports.items() if already_graded(report, previous)]
     fields = set(SubmissionReport.__dataclass_fields__)
     for key in unchanged:  # what was graded before, with its notes
         reports[key] = SubmissionReport(**{k: v for k, v in previous[key].items() if k in fields})
+        assignment, student = parse_key(key)
+        if not (ROOT / "feedback" / student / assignment).is_dir():  # its pages were removed since
+            feedback.add(assignment, student)
     keys = [key for key in reports if key not in unchanged]
     # Their earlier reports go before grading starts: a batch killed half-way through one leaves no
     # report saying it was graded, so the next batch grades it again.
@@ -510,7 +541,12 @@ def autograde_all(submissions, force=False):
         forget_flags(*parse_key(key))
     (STAGING / "logs").mkdir(parents=True, exist_ok=True)
     progress = Progress(len(keys))
-    results = grade_on_cluster(keys, progress) if keys else {}
+    results = {}
+    if keys:
+        with steps.step("starting the cluster (beyond the steps above)"):
+            client = cluster.result()
+        with steps.step("grading"):
+            results = grade_on_cluster(keys, progress, client, feedback)
     for key in keys:
         report, result = reports[key], results[key]
         report.ok, report.seconds, report.out_of_time = result["ok"], result["seconds"], result["out_of_time"]
@@ -562,6 +598,27 @@ def submissions():
     return [(assignment, student) for assignment in course_config.ASSIGNMENTS for student in students(assignment)]
 
 
+def generate_assignments(assignments):
+    """The gradebook learns each assignment (its notebooks, cells, points and checksums) from source/, as
+    `nbgrader generate_assignment --force` teaches it, in this process (nbgrader's log goes to
+    .grading/logs/generate_assignment.log). None, or why nbgrader failed."""
+    from nbgrader.apps import NbGraderAPI
+
+    from .apply_results import nbgrader_log
+
+    config = copy.deepcopy(course_config.c)  # Config.copy() is shallow: the course's own would change
+    config.CourseDirectory.release_directory = str(STAGING / "release")
+    (STAGING / "logs").mkdir(parents=True, exist_ok=True)
+    with open(STAGING / "logs" / "generate_assignment.log", "w") as log_file:
+        for assignment in assignments:
+            result = NbGraderAPI(config=config, log=nbgrader_log).generate_assignment(assignment, force=True, create=True)
+            log_file.write((result.get("log") or "") + (result.get("error") or ""))
+            if not result["success"]:
+                return (f"nbgrader generate_assignment {assignment} failed (.grading/logs/generate_assignment.log "
+                        f"says why)")
+    return None
+
+
 def arguments(argv):
     parser = argparse.ArgumentParser(prog="make autograde", description="Grade the submissions under submitted/.")
     parser.add_argument("--student", default="", help="only these students (comma-separated ids)")
@@ -592,32 +649,51 @@ def main(argv=()):
     swept = sweep_leftovers()
     if swept:
         print(f"removed {swept} leftover sandbox folder(s) and cgroup(s) of an earlier, interrupted batch")
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        # Here, for the embedded cluster; a cluster of other hosts is asked before it gets a task.
-        sandbox_works = pool.submit(lambda: None if course_config.DASK_SCHEDULER else refuse_unless_sandbox_works())
-        # the gradebook learns the assignment (its cells, points, checksums) from source/.
-        (STAGING / "logs").mkdir(parents=True, exist_ok=True)
-        with open(STAGING / "logs" / "generate_assignment.log", "wb") as log:  # nbgrader's chatter stays here
-            for assignment in assignments:
-                run_nbgrader("generate_assignment", assignment, "--force",
-                             f"--CourseDirectory.release_directory={STAGING / 'release'}", stdout=log, stderr=log)
-        refused = sandbox_works.result()
-    if refused:
-        return refused
-    try:
-        reports, unchanged, applying = autograde_all(everyone, force=args.force)
-    except SandboxUnavailable as err:
-        print(f"GRADING REFUSED: {one_line(str(err), 4000)}")
-        return 2
-    except (OSError, TimeoutError) as err:  # the course's Dask scheduler cannot be reached
-        print(f"GRADING FAILED: the Dask cluster could not be used: {one_line(f'{type(err).__name__}: {err}', 2000)}")
-        return 2
-    graded = {r.key for r in reports}
-    save_reports([r for r in load_reports()  # earlier reports of submissions not in this batch stay
-                  if submission_key(r.get("assignment", ASSIGNMENT), r["student"]) not in graded]
-                 + [asdict(r) for r in reports])
-    generate_feedback(assignments)
-    run_nbgrader("export", "--to=grades.csv", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    steps, clusters = StepTimes(), ExitStack()
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        try:
+            # The cluster starts (its workers import the grader) while this process checks the sandbox and
+            # tells the gradebook the assignments; the feedback process starts too (feedback.py).
+            cluster = pool.submit(clusters.enter_context, grading_client())
+            feedback = FeedbackPages(STAGING / "logs" / "feedback.log")
+            with steps.step("checking the sandbox, the gradebook learns the assignments"):
+                # Here, for the embedded cluster; a cluster of other hosts is asked before it gets a task.
+                sandbox_works = pool.submit(
+                    lambda: None if course_config.DASK_SCHEDULER else refuse_unless_sandbox_works())
+                generated = generate_assignments(assignments)
+                refused = sandbox_works.result()
+            if generated:
+                print(f"GRADING FAILED: {one_line(generated, 4000)}")
+                return 2
+            if refused:
+                return refused
+            try:
+                reports, unchanged, applying = autograde_all(everyone, steps, cluster, feedback, force=args.force)
+            except SandboxUnavailable as err:
+                print(f"GRADING REFUSED: {one_line(str(err), 4000)}")
+                return 2
+            except (OSError, TimeoutError) as err:  # the course's Dask scheduler cannot be reached
+                print(f"GRADING FAILED: the Dask cluster could not be used: "
+                      f"{one_line(f'{type(err).__name__}: {err}', 2000)}")
+                return 2
+            with steps.step("stopping the cluster"):
+                cluster.exception()  # it has started (or failed to): nothing is left starting behind us
+                clusters.close()
+            graded = {r.key for r in reports}
+            save_reports([r for r in load_reports()  # earlier reports of submissions not in this batch stay
+                          if submission_key(r.get("assignment", ASSIGNMENT), r["student"]) not in graded]
+                         + [asdict(r) for r in reports])
+            with steps.step("feedback pages (after the last result)"):
+                no_pages = feedback.finish()
+                write_problem_notes(load_reports())
+            with steps.step("grades.csv"):
+                write_grades_csv()
+        finally:
+            if not cluster.cancel():
+                cluster.exception()
+            clusters.close()
+            if "feedback" in locals():
+                feedback.close()
     elapsed = time.monotonic() - started
     # One line per submission: a student id, a file name or a note a student's code chose is shown inert
     # (control characters written out), so none can forge a line or reach the terminal as a command.
@@ -633,8 +709,13 @@ def main(argv=()):
               f"again (FORCE=1 grades them again)")
     where = (f"on the cluster at {course_config.DASK_SCHEDULER}" if course_config.DASK_SCHEDULER else
              f"with {course_config.GRADING_PARALLELISM} at a time")
+    for assignment, student in no_pages:
+        print(f"  NO FEEDBACK PAGE: {one_line(student, 60)} {one_line(assignment, 40)}: its pages could not be made "
+              f"(.grading/logs/feedback.log says why); make feedback makes everyone's again")
     print(f"graded {len(reports) - len(unchanged)} submission(s) in {elapsed:.1f} s {where} (writing them into "
           f"the gradebook took {applying:.1f} s); grades.csv and feedback/ are written")
+    steps.save(STAGING / "logs" / "batch_steps.json")
+    print(f"time by step: {steps.line()}")
     print("what the class got wrong, what waits for a TA, which submissions look alike: make report "
           "(report/index.html)")
     return 0
