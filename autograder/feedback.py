@@ -132,8 +132,9 @@ class FeedbackPages:
     WINDOW = 64
     MAX_RESTARTS = 3  # in a row, with no page made in between
 
-    def __init__(self, log_path):
+    def __init__(self, log_path, command=None):
         self.log_path = log_path
+        self.command = command or [sys.executable, "-m", "autograder.feedback", "--follow"]
         self.waiting, self.sent, self.failed = collections.deque(), collections.deque(), []
         self.process, self.buffer, self.since, self.restarts = None, b"", time.monotonic(), 0
         self._start()
@@ -141,8 +142,7 @@ class FeedbackPages:
     def _start(self):
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log_file:
-            self.process = subprocess.Popen([sys.executable, "-m", "autograder.feedback", "--follow"],
-                                            cwd=course_config.COURSE_ROOT, env=nbgrader_env(), stdin=subprocess.PIPE,
+            self.process = subprocess.Popen(self.command, cwd=course_config.COURSE_ROOT, env=nbgrader_env(), stdin=subprocess.PIPE,
                                             stdout=subprocess.PIPE, stderr=log_file)
         self.buffer, self.since = b"", time.monotonic()
 

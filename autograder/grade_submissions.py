@@ -11,8 +11,13 @@
         | grace) its grading is stopped for good.
         | apply_results.py: this process, the one writer, applies each result as it comes
     gradebook (SQLite or PostgreSQL), autograded/
-        | nbgrader generate_feedback, nbgrader export
+        | feedback.py's feedback process makes that submission's pages while the batch goes on
+        | (nbgrader's generate_feedback for one student); at the end, nbgrader's export plugin here
     feedback/<student>/<assignment>/*.html, grades.csv
+
+The batch's own steps overlap where they can: the Dask cluster starts while this process checks the
+sandbox (preflight.py) and the gradebook learns the assignments (nbgrader's generate_assignment, in
+this process). Their seconds are printed ("time by step") and kept in .grading/logs/batch_steps.json.
 
 Both assignments are graded: the main one and the bonus (Notebook 4), each submission on its own
 (a submission is one student's folder of one assignment), each into its own rows of grades.csv.
@@ -47,7 +52,7 @@ from .cluster import grading_client, refusals
 from .export import write_grades_csv
 from .feedback import FLAGS, FeedbackPages, drop_flags, load_reports, save_reports, write_problem_notes
 from .grading_task import (encode_request, failed_result, grade_submission, package_digest, parse_key, read_result,
-                           submission_key)
+                           start_grading_process, submission_key)
 from .preflight import refuse_unless_sandbox_works
 from .safe_text import one_line
 from .sandbox import SandboxUnavailable, sweep_leftovers
@@ -435,6 +440,18 @@ def staged_files(key):
     return {p.name: p.read_bytes() for p in sorted(staged.iterdir()) if p.is_file() and not p.is_symlink()}
 
 
+def start_cluster(stack):
+    """grading_client's Dask client, entered into `stack`; every worker's grading process starts at once
+    (grading_task.start_grading_process), so that it is ready when the first submission comes."""
+    from distributed import fire_and_forget
+
+    client = stack.enter_context(grading_client())
+    for address in client.scheduler_info()["workers"]:
+        fire_and_forget(client.submit(start_grading_process, key=f"start-grading-process-{uuid.uuid4().hex}",
+                                      workers=[address], allow_other_workers=False, pure=False))
+    return client
+
+
 def grade_on_cluster(keys, progress, client, feedback):
     """{key: result} (grading_task.read_result's dicts) for the submissions `keys`, graded by Dask tasks
     on `client`'s cluster; each result is applied to the gradebook (`apply`) as it comes, one at a time,
@@ -654,7 +671,7 @@ def main(argv=()):
         try:
             # The cluster starts (its workers import the grader) while this process checks the sandbox and
             # tells the gradebook the assignments; the feedback process starts too (feedback.py).
-            cluster = pool.submit(clusters.enter_context, grading_client())
+            cluster = pool.submit(start_cluster, clusters)
             feedback = FeedbackPages(STAGING / "logs" / "feedback.log")
             with steps.step("checking the sandbox, the gradebook learns the assignments"):
                 # Here, for the embedded cluster; a cluster of other hosts is asked before it gets a task.
@@ -712,10 +729,10 @@ def main(argv=()):
     for assignment, student in no_pages:
         print(f"  NO FEEDBACK PAGE: {one_line(student, 60)} {one_line(assignment, 40)}: its pages could not be made "
               f"(.grading/logs/feedback.log says why); make feedback makes everyone's again")
+    steps.save(STAGING / "logs" / "batch_steps.json")
+    print(f"  time by step: {steps.line()}")
     print(f"graded {len(reports) - len(unchanged)} submission(s) in {elapsed:.1f} s {where} (writing them into "
           f"the gradebook took {applying:.1f} s); grades.csv and feedback/ are written")
-    steps.save(STAGING / "logs" / "batch_steps.json")
-    print(f"time by step: {steps.line()}")
     print("what the class got wrong, what waits for a TA, which submissions look alike: make report "
           "(report/index.html)")
     return 0

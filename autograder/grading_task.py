@@ -157,6 +157,17 @@ def grade_submission(request):
         return json.dumps(failed_result(key, f"the grading host {os.uname().nodename} failed while grading it"))
 
 
+def start_grading_process():
+    """A Dask task the batch sends each worker as the cluster starts: this worker thread's grading process
+    starts now (its imports, the assignments' template gradebooks) while the batch is still preparing,
+    not when the first submission comes. Returns at once."""
+    process = getattr(_local, "process", None)
+    if process is None:
+        process = _local.process = GradingProcess()
+    process.ensure_started()
+    return os.getpid()
+
+
 class GradingProcess:
     """This worker thread's grading process (`python -m autograder.grading_task`) and its folder."""
 
@@ -207,11 +218,14 @@ class GradingProcess:
                      error="grading crashed twice on this submission")
         return first
 
-    def _run(self, key, root):
-        """('done'|'stopped'|'died', seconds) of the grading process's run of `key` in `root`."""
+    def ensure_started(self):
         if self.process is None or self.process.poll() is not None:
             self._stop()
             self._start()
+
+    def _run(self, key, root):
+        """('done'|'stopped'|'died', seconds) of the grading process's run of `key` in `root`."""
+        self.ensure_started()
         hard_limit = course_config.SUBMISSION_TIMEOUT_S + course_config.SUBMISSION_GRACE_S
         since = time.monotonic()
         state = {"since": since, "started": False}
@@ -318,18 +332,33 @@ def course_directory(root, db_url):
     return config
 
 
+TEMPLATES = ROOT / ".grading" / "templates"  # <package digest>/gradebook-<assignment>.db, on this host
+
+
 def assignment_gradebook(assignment, folder, templates={}):  # noqa: B006 - one cache per process
-    """An SQLite gradebook that knows `assignment` (its notebooks, cells and points), made once by
-    nbgrader's generate_assignment from source/ in this process."""
+    """An SQLite gradebook that knows `assignment` (its notebooks, cells and points): made by nbgrader's
+    generate_assignment from source/ once per version of the course package on this host (kept in
+    .grading/templates/<package digest>/, which only the grader writes), and read from there after."""
     from nbgrader.apps import NbGraderAPI
 
     if assignment not in templates:
-        path = folder / f"gradebook-{assignment}.db"
-        (folder / "template").mkdir(exist_ok=True)
-        config = course_directory(folder / "template", f"sqlite:///{path}")
-        result = NbGraderAPI(config=config).generate_assignment(assignment, force=True, create=True)
-        if not result["success"]:
-            raise RuntimeError(f"generate_assignment {assignment} failed: {result.get('error')}")
+        digest = package_digest()[:16]
+        path = TEMPLATES / digest / f"gradebook-{assignment}.db"
+        if not path.exists():
+            made = folder / f"gradebook-{assignment}.db"
+            made.unlink(missing_ok=True)
+            (folder / "template").mkdir(exist_ok=True)
+            config = course_directory(folder / "template", f"sqlite:///{made}")
+            result = NbGraderAPI(config=config).generate_assignment(assignment, force=True, create=True)
+            if not result["success"]:
+                raise RuntimeError(f"generate_assignment {assignment} failed: {result.get('error')}")
+            for older in TEMPLATES.glob("*") if TEMPLATES.is_dir() else []:  # of earlier versions
+                if older.name != digest:
+                    shutil.rmtree(older, ignore_errors=True)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            partial = path.with_suffix(f".{os.getpid()}.partial")
+            shutil.copyfile(made, partial)
+            os.replace(partial, path)  # whole or not at all, whichever process of this host made it first
         templates[assignment] = path
     return templates[assignment]
 
@@ -345,6 +374,11 @@ def grading_process(folder):
     channel = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)
     sys.stdout = os.fdopen(1, "w", buffering=1, closefd=False)
+    for assignment in course_config.ASSIGNMENTS:  # before the first submission comes, where it can
+        try:
+            assignment_gradebook(assignment, Path(folder))
+        except Exception:  # noqa: BLE001 - asked again by the submission, which then reports it
+            log.exception("the template gradebook of %s", assignment)
     for line in sys.stdin:
         request = json.loads(line)
         key, root = request["key"], Path(request["root"])

@@ -5,6 +5,7 @@ the comparison functions (the other attacks are in test_hostile.py); grades.csv
 must hold the expected scores and every feedback page must show verdicts, never
 check code.
 """
+import json
 import re
 from html import unescape
 
@@ -12,6 +13,7 @@ import nbformat
 import pytest
 from nbgrader.api import Gradebook
 
+import course_config
 from autograder.checks import REGISTRY
 
 from tests.conftest import copy_course, grade_rows, make, read_grades, tree_digest
@@ -265,3 +267,20 @@ def test_make_feedback_keeps_the_grading_notes(graded_course):
     note = root / "feedback" / "broken_json" / "attention_surgeon" / "grading_notes.html"
     assert "could not be read" in note.read_text()
     assert (root / "feedback" / "correct" / "attention_surgeon" / f"{NB1}.html").exists()
+
+
+def test_the_batch_makes_each_graded_submissions_pages_and_says_where_its_time_went(graded_course):
+    """Feedback pages are made per submission as results arrive (autograder/feedback.py); the batch's
+    own steps are timed (printed, and kept for benchmarks/grading_time.py); the grading host keeps one
+    template gradebook per assignment for this version of the package."""
+    root, _, first = graded_course
+    for student in submissions():
+        assert (root / "feedback" / student / "attention_surgeon" / f"{NB1}.html").is_file(), student
+    assert (root / "feedback" / "correct" / BONUS / f"{NB4}.html").is_file()
+    assert not (root / "feedback" / "blank" / BONUS).exists(), "no page for a submission nobody made"
+    assert "NO FEEDBACK PAGE" not in first.stdout
+    steps = json.loads((root / ".grading" / "logs" / "batch_steps.json").read_text())
+    assert steps["grading"] > 0 and "feedback pages (after the last result)" in steps, steps
+    assert re.search(r"^  time by step: .*grading \d+\.\d s", first.stdout, re.M), first.stdout[-2000:]
+    templates = sorted(p.name for p in (root / ".grading" / "templates").glob("*/gradebook-*.db"))
+    assert templates == [f"gradebook-{a}.db" for a in sorted(course_config.ASSIGNMENTS)], templates
