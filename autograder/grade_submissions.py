@@ -53,7 +53,6 @@ from .export import write_grades_csv
 from .feedback import FLAGS, FeedbackPages, drop_flags, load_reports, save_reports, write_problem_notes
 from .grading_task import (encode_request, failed_result, grade_submission, package_digest, parse_key, read_result,
                            start_grading_process, submission_key)
-from .preflight import refuse_unless_sandbox_works
 from .safe_text import one_line
 from .sandbox import SandboxUnavailable, sweep_leftovers
 
@@ -440,6 +439,17 @@ def staged_files(key):
     return {p.name: p.read_bytes() for p in sorted(staged.iterdir()) if p.is_file() and not p.is_symlink()}
 
 
+def preflight_here():
+    """None when the sandbox works on this host (preflight.py), else the exit status: for the embedded
+    cluster only (a cluster of other hosts is asked before it gets a task). Imported here, in the
+    thread that runs it: it brings torch, which this process needs for nothing else."""
+    if course_config.DASK_SCHEDULER:
+        return None
+    from .preflight import refuse_unless_sandbox_works
+
+    return refuse_unless_sandbox_works()
+
+
 def start_cluster(stack):
     """grading_client's Dask client, entered into `stack`; every worker's grading process starts at once
     (grading_task.start_grading_process), so that it is ready when the first submission comes."""
@@ -667,6 +677,7 @@ def main(argv=()):
     if swept:
         print(f"removed {swept} leftover sandbox folder(s) and cgroup(s) of an earlier, interrupted batch")
     steps, clusters = StepTimes(), ExitStack()
+    feedback = stopping = None
     with ThreadPoolExecutor(max_workers=2) as pool:
         try:
             # The cluster starts (its workers import the grader) while this process checks the sandbox and
@@ -675,8 +686,7 @@ def main(argv=()):
             feedback = FeedbackPages(STAGING / "logs" / "feedback.log")
             with steps.step("checking the sandbox, the gradebook learns the assignments"):
                 # Here, for the embedded cluster; a cluster of other hosts is asked before it gets a task.
-                sandbox_works = pool.submit(
-                    lambda: None if course_config.DASK_SCHEDULER else refuse_unless_sandbox_works())
+                sandbox_works = pool.submit(preflight_here)
                 generated = generate_assignments(assignments)
                 refused = sandbox_works.result()
             if generated:
@@ -693,9 +703,8 @@ def main(argv=()):
                 print(f"GRADING FAILED: the Dask cluster could not be used: "
                       f"{one_line(f'{type(err).__name__}: {err}', 2000)}")
                 return 2
-            with steps.step("stopping the cluster"):
-                cluster.exception()  # it has started (or failed to): nothing is left starting behind us
-                clusters.close()
+            cluster.exception()  # it has started (or failed to): nothing is left starting behind us
+            stopping = pool.submit(clusters.close)  # while the last pages are made
             graded = {r.key for r in reports}
             save_reports([r for r in load_reports()  # earlier reports of submissions not in this batch stay
                           if submission_key(r.get("assignment", ASSIGNMENT), r["student"]) not in graded]
@@ -705,11 +714,16 @@ def main(argv=()):
                 write_problem_notes(load_reports())
             with steps.step("grades.csv"):
                 write_grades_csv()
+            with steps.step("stopping the cluster (beyond the steps above)"):
+                stopping.result()
         finally:
             if not cluster.cancel():
                 cluster.exception()
-            clusters.close()
-            if "feedback" in locals():
+            if stopping is not None:
+                stopping.exception()
+            else:
+                clusters.close()
+            if feedback is not None:
                 feedback.close()
     elapsed = time.monotonic() - started
     # One line per submission: a student id, a file name or a note a student's code chose is shown inert

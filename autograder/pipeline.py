@@ -20,11 +20,13 @@ one student cell can rewrite them. Here that kernel never sees them: it only
 answers calls with values, which the checks judge in this process.
 """
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import IPython.lib.pretty  # noqa: F401 - see below
 import nbformat
+import torch
 
 from nbclient.exceptions import CellTimeoutError, DeadKernelError
 from nbformat.v4 import new_output
@@ -248,6 +250,27 @@ def grading_on_cuda():
     return torch.cuda.is_available() and course_config.GRADE_ON_CUDA != "off"
 
 
+# The grader's own tensors (generated inputs, float64 references, comparisons) are tiny, and it takes
+# turns with the student's kernel, which runs torch's threads on the same cores. With the grader on
+# torch's default threads too, an op of the grader can wait for the cores. Measured on 2 cores, both
+# busy (the kernel and another job): the 734 softmaxes of the float64 references of Notebook 1's
+# checks took 4.4 s in all with 2 grader threads (about 6 ms for a [1, 5, 4] tensor) and 0.006 s with
+# 1. On an idle machine the two are alike.
+GRADER_TORCH_THREADS = 1
+
+
+@contextmanager
+def grader_threads(count=GRADER_TORCH_THREADS):
+    """torch's intra-op threads of this process (the grader's, not the student's kernel's) while it
+    decides checks; as they were afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 @dataclass
 class ChecksPlan:
     """The hidden checks of one notebook, and the student's code they are decided against."""
@@ -262,7 +285,7 @@ class ChecksPlan:
         given, else, or once it fails, to a fresh worker that loads `code` without `skipped_cells`;
         `broken` says why nothing can be called (every check then fails or waits with that reason)."""
         with SandboxedStudent(self.code, sources=self.sources, answers=self.answers, kernel=kernel,
-                              skipped_cells=skipped_cells, broken=broken) as student:
+                              skipped_cells=skipped_cells, broken=broken) as student, grader_threads():
             verdicts = run_checks(self.names, student, cuda_available=self.cuda_available)
         for name, verdict in verdicts.items():
             log.info("hidden check %s: %s", name, verdict.status)

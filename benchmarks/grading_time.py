@@ -8,8 +8,10 @@
     batch    = `make autograde` with course_config.GRADING_PARALLELISM (every core)
     per notebook: its plain execution time; then, as SandboxedExecute grades it, its execution in
                the sandboxed kernel and the wall time of its hidden checks asked of that same kernel
-               afterwards. Grader and kernel take turns (request, reply), so this wall time bounds
-               their CPU time; the kernel's own CPU cannot be read from here (its sandbox is killed).
+               afterwards, with the CPU seconds the grader itself spent on them (inputs, float64
+               references, judging, the wire). Grader and kernel take turns (request, reply), so the
+               rest of that wall time is about the student's code at work; the kernel's own CPU cannot
+               be read from here (its sandbox is killed).
 
     steps:   where the batch's own time goes (make autograde's "time by step", .grading/logs/batch_steps.json)
 
@@ -98,8 +100,10 @@ def floor_seconds(notebook_paths):
 
 
 def sandboxed_seconds(path, name):
-    """(execution, hidden checks): wall seconds of one notebook in the grader's sandboxed kernel, then of
-    its hidden checks asked of that same kernel, as SandboxedExecute does both."""
+    """(execution, hidden checks, the grader's CPU during the checks): wall seconds of one notebook in the
+    grader's sandboxed kernel, then of its hidden checks asked of that same kernel, as SandboxedExecute
+    does both, and the CPU seconds this process (the grader: inputs, float64 references, judging, the
+    wire) spent on those checks. The rest of the checks' wall time is the student's code at work."""
     nb = nbformat.read(path, as_version=4)
     plan = ChecksPlan(list(check_points(name)), student_code(nb), student_written_code(nb), graded_answers(nb),
                       grading_on_cuda())
@@ -109,13 +113,13 @@ def sandboxed_seconds(path, name):
     with client.setup_kernel():
         for index, cell in enumerate(nb.cells):
             client.execute_cell(cell, index)
-        executed = time.perf_counter()
+        executed, grader_cpu = time.perf_counter(), time.process_time()
         kernel = KernelConnection.open(client.km.checks_socket, client.km.stop_sandbox, client.km.checks_peer())
         assert kernel is not None, "the kernel did not answer the checks"
         verdicts = plan.decide(logging.getLogger("benchmark"), kernel=kernel)
-        checked = time.perf_counter()
+        checked, grader_cpu = time.perf_counter(), time.process_time() - grader_cpu
     assert all(v.status != "failed" for v in verdicts.values()), verdicts
-    return executed - started, checked - executed
+    return executed - started, checked - executed, grader_cpu
 
 
 # make autograde's summary line of one submission: "  <student>  <assignment>  ok  12.3 s  <notes>"
@@ -195,11 +199,12 @@ def main():
             print(f"  batch: {len(students)} students in {batch:.1f} s with {cores} at a time "
                   f"= {60 * 2 * len(students) / batch:.1f} submissions per minute")
         print("per notebook, this checkout (reference answers): plain execution | sandboxed kernel: execution + "
-              "hidden checks")
+              "hidden checks (of which the grader's own CPU)")
         for name in (*NOTEBOOKS, NB4):
             path = course / "submitted" / students[0] / ASSIGNMENT_OF[name] / f"{name}.ipynb"
-            execution, checks = sandboxed_seconds(path, name)
-            print(f"  {name:28s} {floor_seconds([path]):6.2f} s | {execution:6.2f} s + {checks:6.2f} s")
+            execution, checks, grader = sandboxed_seconds(path, name)
+            print(f"  {name:28s} {floor_seconds([path]):6.2f} s | {execution:6.2f} s + {checks:6.2f} s "
+                  f"({grader:5.2f} s)")
 
 
 if __name__ == "__main__":
