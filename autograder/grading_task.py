@@ -367,7 +367,7 @@ def grading_process(folder):
     """Grade what the worker asks for, one submission per line of stdin ({"key", "root"})."""
     from nbgrader.apps import NbGraderAPI
 
-    from . import time_budget
+    from . import checks, time_budget
 
     # The worker hears from this process on a private copy of stdout (os.dup makes it close-on-exec);
     # fd 1 itself goes to the log, so a student's kernel, which inherits it, can never forge a record.
@@ -379,6 +379,10 @@ def grading_process(folder):
             assignment_gradebook(assignment, Path(folder))
         except Exception:  # noqa: BLE001 - asked again by the submission, which then reports it
             log.exception("the template gradebook of %s", assignment)
+    try:
+        checks.prepare()  # the checks' own references, computed once for every submission this process grades
+    except Exception:  # noqa: BLE001 - computed again by the check that needs it, which then reports it
+        log.exception("preparing the hidden checks")
     for line in sys.stdin:
         request = json.loads(line)
         key, root = request["key"], Path(request["root"])

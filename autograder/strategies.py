@@ -127,7 +127,7 @@ def attention_inputs(draw, dtype=torch.float32, min_len=1, mask_kind=None, broad
     case = fixed_case((*q_batch, L, d_k), (*kv_batch, S, d_k), (*kv_batch, S, d_v), scale=scale,
                       seed=seed, dtype=dtype, magnitude=magnitude)
     if mask_kind is not None:
-        scores_shape = torch.broadcast_shapes(q_batch, kv_batch) + (L, S)
+        scores_shape = np.broadcast_shapes(q_batch, kv_batch) + (L, S)  # numpy's: torch's imports sympy
         case.mask = draw(masks_for(scores_shape, mask_kind, dtype=dtype))
     return case
 

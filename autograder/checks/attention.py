@@ -138,7 +138,7 @@ def attention_float_masks(student):
 
 def fully_masked_rows(case):
     """[..., L] bool: the query rows whose every key is blocked, in the scores' shape."""
-    scores_shape = torch.broadcast_shapes(case.Q.shape[:-2], case.K.shape[:-2]) + (case.Q.shape[-2], case.K.shape[-2])
+    scores_shape = np.broadcast_shapes(case.Q.shape[:-2], case.K.shape[:-2]) + (case.Q.shape[-2], case.K.shape[-2])
     blocked = ~case.mask if case.mask.dtype == torch.bool else torch.isneginf(case.mask)
     return blocked.expand(scores_shape).all(dim=-1)
 

@@ -196,13 +196,14 @@ def _is_figure(value):
 def _describe_figure(figure):
     """What a figure shows, as data: per axes its title, axis labels, ticks and heatmap images.
 
-    The figure is drawn first (tick labels are only final after a draw) and then closed.
+    The figure is laid out first, as a draw would (tick labels are only final then), without painting
+    its pixels (nothing here reads them), and then closed.
     """
     import matplotlib.pyplot as plt
     from matplotlib.collections import QuadMesh
 
     try:
-        figure.canvas.draw()
+        figure.draw_without_rendering()
         axes = []
         for ax in figure.axes[:MAX_ITEMS]:
             images = [m for m in list(ax.images) + [c for c in ax.collections if isinstance(c, QuadMesh)]
