@@ -15,9 +15,12 @@
         | (nbgrader's generate_feedback for one student); at the end, nbgrader's export plugin here
     feedback/<student>/<assignment>/*.html, grades.csv
 
-The batch's own steps overlap where they can: the Dask cluster starts while this process checks the
-sandbox (preflight.py) and the gradebook learns the assignments (nbgrader's generate_assignment, in
-this process). Their seconds are printed ("time by step") and kept in .grading/logs/batch_steps.json.
+The batch's own steps overlap where they can: the Dask cluster starts and the sandbox is checked
+(preflight.py) while this process stages the submissions; the first submissions are sent to be graded
+before the gradebook learns the assignments (nbgrader's generate_assignment, in this process), but no
+result is written, no report or flag of an earlier batch removed, until that and the sandbox check have
+succeeded (`prepared`; else the batch stops, its tasks cancelled, and nothing of the course has changed).
+Their seconds are printed ("time by step") and kept in .grading/logs/batch_steps.json.
 
 Both assignments are graded: the main one and the bonus (Notebook 4), each submission on its own
 (a submission is one student's folder of one assignment), each into its own rows of grades.csv.
@@ -402,6 +405,16 @@ class StepTimes:
         path.write_text(json.dumps(self.seconds, indent=1))
 
 
+class BatchStopped(Exception):
+    """The batch may not write what it graded (the sandbox does not work on this host, or the gradebook
+    could not learn the assignments): `message` for the summary (None when the log said it), and
+    make autograde's exit status."""
+
+    def __init__(self, message, status=2):
+        super().__init__(message)
+        self.message, self.status = message, status
+
+
 class Progress:
     """One plain line per finished submission (no terminal control codes, so a log reads the same):
     done of total, how many did not finish and how many were flagged so far, and the time left at
@@ -462,10 +475,12 @@ def start_cluster(stack):
     return client
 
 
-def grade_on_cluster(keys, progress, client, feedback):
+def grade_on_cluster(keys, progress, client, feedback, ready=lambda: None):
     """{key: result} (grading_task.read_result's dicts) for the submissions `keys`, graded by Dask tasks
     on `client`'s cluster; each result is applied to the gradebook (`apply`) as it comes, one at a time,
-    by this process, and its feedback pages are made (`feedback`) while the others are graded."""
+    by this process, and its feedback pages are made (`feedback`) while the others are graded.
+    `ready()` runs once the first submissions are on their way and before any result is applied: what
+    the batch must do before it writes (it raises BatchStopped, and then every task is cancelled)."""
     from distributed import as_completed
 
     grader = package_digest()
@@ -489,6 +504,11 @@ def grade_on_cluster(keys, progress, client, feedback):
 
     while waiting and room():
         submit_next()
+    try:
+        ready()
+    except BaseException:
+        client.cancel(list(futures))
+        raise
     for future in done:
         key = futures.pop(future)
         try:
@@ -538,10 +558,12 @@ def apply(key, result):
     return not problem
 
 
-def autograde_all(submissions, steps, cluster, feedback, force=False):
+def autograde_all(submissions, steps, cluster, feedback, prepared=lambda: None, force=False):
     """Grade the submissions [(assignment, student)] that changed (all of them with `force`) on the
     cluster (`cluster`: a future of grading_client's Dask client), their feedback pages made as they
-    come (`feedback`); return (every report, the keys of those left as they were). A submission whose grading
+    come (`feedback`); return (every report, the keys of those left as they were). `prepared()` finishes
+    what must be done before anything is written (it raises BatchStopped): the submissions are already
+    being graded meanwhile, and nothing of the course changes before it returns. A submission whose grading
     process died under it was graded once more on its host, and one whose worker died once more on
     another; one that used its whole time limit is not (a second try would only double it)."""
     checks = grader_digest()
@@ -557,15 +579,20 @@ def autograde_all(submissions, steps, cluster, feedback, force=False):
     fields = set(SubmissionReport.__dataclass_fields__)
     for key in unchanged:  # what was graded before, with its notes
         reports[key] = SubmissionReport(**{k: v for k, v in previous[key].items() if k in fields})
-        assignment, student = parse_key(key)
-        if not (ROOT / "feedback" / student / assignment).is_dir():  # its pages were removed since
-            feedback.add(assignment, student)
     keys = [key for key in reports if key not in unchanged]
-    # Their earlier reports go before grading starts: a batch killed half-way through one leaves no
-    # report saying it was graded, so the next batch grades it again.
-    save_reports([r for key, r in previous.items() if key not in keys])
-    for key in keys:  # this batch's flags only: a skipped submission keeps its own
-        forget_flags(*parse_key(key))
+
+    def ready():
+        prepared()
+        # Their earlier reports go before the first result is written: a batch killed half-way through
+        # one leaves no report saying it was graded, so the next batch grades it again.
+        save_reports([r for key, r in previous.items() if key not in keys])
+        for key in keys:  # this batch's flags only: a skipped submission keeps its own
+            forget_flags(*parse_key(key))
+        for key in unchanged:
+            assignment, student = parse_key(key)
+            if not (ROOT / "feedback" / student / assignment).is_dir():  # its pages were removed since
+                feedback.add(assignment, student)
+
     (STAGING / "logs").mkdir(parents=True, exist_ok=True)
     progress = Progress(len(keys))
     results = {}
@@ -573,7 +600,9 @@ def autograde_all(submissions, steps, cluster, feedback, force=False):
         with steps.step("starting the cluster (beyond the steps above)"):
             client = cluster.result()
         with steps.step("grading"):
-            results = grade_on_cluster(keys, progress, client, feedback)
+            results = grade_on_cluster(keys, progress, client, feedback, ready)
+    else:
+        ready()
     for key in keys:
         report, result = reports[key], results[key]
         report.ok, report.seconds, report.out_of_time = result["ok"], result["seconds"], result["out_of_time"]
@@ -678,24 +707,33 @@ def main(argv=()):
         print(f"removed {swept} leftover sandbox folder(s) and cgroup(s) of an earlier, interrupted batch")
     steps, clusters = StepTimes(), ExitStack()
     feedback = stopping = None
-    with ThreadPoolExecutor(max_workers=2) as pool:
+    with ThreadPoolExecutor(max_workers=3) as pool:
         try:
-            # The cluster starts (its workers import the grader) while this process checks the sandbox and
-            # tells the gradebook the assignments; the feedback process starts too (feedback.py).
+            # The cluster starts (its workers import the grader) and the sandbox is checked, here for the
+            # embedded cluster (a cluster of other hosts is asked before it gets a task), while this
+            # process stages the submissions; the feedback process starts too (feedback.py).
             cluster = pool.submit(start_cluster, clusters)
+            sandbox_works = pool.submit(preflight_here)
             feedback = FeedbackPages(STAGING / "logs" / "feedback.log")
-            with steps.step("checking the sandbox, the gradebook learns the assignments"):
-                # Here, for the embedded cluster; a cluster of other hosts is asked before it gets a task.
-                sandbox_works = pool.submit(preflight_here)
-                generated = generate_assignments(assignments)
-                refused = sandbox_works.result()
-            if generated:
-                print(f"GRADING FAILED: {one_line(generated, 4000)}")
-                return 2
-            if refused:
-                return refused
+
+            def prepared():
+                """Once the first submissions are being graded: the gradebook learns the assignments and
+                the sandbox check is awaited. Nothing is written before both succeeded."""
+                with steps.step("the gradebook learns the assignments, the sandbox checked (beside grading)"):
+                    generated = generate_assignments(assignments)
+                    refused = sandbox_works.result()
+                if generated:
+                    raise BatchStopped(f"GRADING FAILED: {one_line(generated, 4000)}")
+                if refused:
+                    raise BatchStopped(None, refused)  # the preflight's log said why
+
             try:
-                reports, unchanged, applying = autograde_all(everyone, steps, cluster, feedback, force=args.force)
+                reports, unchanged, applying = autograde_all(everyone, steps, cluster, feedback, prepared,
+                                                             force=args.force)
+            except BatchStopped as stop:
+                if stop.message:
+                    print(stop.message)
+                return stop.status
             except SandboxUnavailable as err:
                 print(f"GRADING REFUSED: {one_line(str(err), 4000)}")
                 return 2
@@ -719,6 +757,7 @@ def main(argv=()):
         finally:
             if not cluster.cancel():
                 cluster.exception()
+            sandbox_works.cancel() or sandbox_works.exception()
             if stopping is not None:
                 stopping.exception()
             else:

@@ -54,6 +54,8 @@ def test_grading_is_refused_when_the_sandbox_cannot_start(course, tmp_path):
     assert "GRADING REFUSED" in result.stderr and "sandbox" in result.stderr
     assert not (course / "grades.csv").exists()
     assert tree_digest(course / "submitted") == before
+    # It was sent to be graded before the sandbox check ended; nothing it gave was written.
+    assert not (course / "autograded").exists() and not (course / "feedback").exists()
 
 
 def test_preflight_names_the_process_cap_in_force():
