@@ -100,9 +100,20 @@ def grading_client():
                 try:
                     yield client
                 finally:
+                    try:  # each grading process ends what it started ahead (grading_task.stop_grading_processes)
+                        client.run(stop_grading_processes)
+                    except Exception as err:  # noqa: BLE001 - a worker that is gone; the sweep finds its leftovers
+                        log.warning("stopping the grading processes: %s: %s", type(err).__name__, err)
                     client.close()
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
+
+
+def stop_grading_processes():
+    """On a worker of the embedded cluster, as it closes: grading_task.stop_grading_processes."""
+    from .grading_task import stop_grading_processes
+
+    return stop_grading_processes()
 
 
 def worker_digest():

@@ -47,7 +47,7 @@ import course_config
 
 from .nbgrader_cli import nbgrader_env
 from .safe_text import one_line
-from .sandbox import TASK_PREFIX, grading_submission
+from .sandbox import TASK_PREFIX, close_next_template, grading_submission, start_next_template
 
 ROOT = course_config.COURSE_ROOT
 log = logging.getLogger("attention_surgeon.grading_task")
@@ -168,14 +168,42 @@ def start_grading_process():
     return os.getpid()
 
 
+def stop_grading_processes():
+    """Run on each worker (Dask's client.run) as the batch's embedded cluster closes: each grading process
+    is told there is nothing more (its stdin ends), so it ends the kernel template it started for a next
+    submission before it exits, rather than being killed with the worker (which would leave that
+    template's cgroup behind). Returns how many stopped."""
+    stopping = list(_processes)
+    for process in stopping:
+        process.close()
+    return len(stopping)
+
+
+_processes = weakref.WeakSet()  # this worker's grading processes
+
+
 class GradingProcess:
     """This worker thread's grading process (`python -m autograder.grading_task`) and its folder."""
+
+    CLOSE_TIMEOUT_S = 30  # to end the template it started for a next submission
 
     def __init__(self):
         self.folder = Path(tempfile.mkdtemp(prefix=f"{TASK_PREFIX}{os.getpid()}-"))
         self.process = None
         self.count = 0
         weakref.finalize(self, _remove, self.folder, [None])
+        _processes.add(self)
+
+    def close(self):
+        """End the grading process in order: its stdin ends, it stops what it started; killed if it
+        has not exited within CLOSE_TIMEOUT_S."""
+        if self.process is not None and self.process.poll() is None:
+            try:
+                self.process.stdin.close()
+                self.process.wait(timeout=self.CLOSE_TIMEOUT_S)
+            except (OSError, subprocess.TimeoutExpired):
+                pass
+        self._stop()
 
     def _start(self):
         log_file = open(self.folder / "grading.log", "ab")
@@ -191,8 +219,11 @@ class GradingProcess:
             except ProcessLookupError:
                 pass
             self.process.wait()
-            self.process.stdin.close()
-            self.process.stdout.close()
+            for pipe in (self.process.stdin, self.process.stdout):
+                try:
+                    pipe.close()
+                except OSError:
+                    pass
             self.process = None
 
     def grade(self, key, files):
@@ -335,6 +366,16 @@ def course_directory(root, db_url):
 TEMPLATES = ROOT / ".grading" / "templates"  # <package digest>/gradebook-<assignment>.db, on this host
 
 
+def host_folder(found=[]):  # noqa: B006 - one per process
+    """.grading/templates/<package digest>/: what this host computed once for this version of the course
+    package (the assignments' template gradebooks, the checks' reference statistics); only the grader
+    writes there, and a new version's folder replaces the older ones."""
+    if not found:
+        found.append(TEMPLATES / package_digest()[:16])
+    return found[0]
+
+
+
 def assignment_gradebook(assignment, folder, templates={}):  # noqa: B006 - one cache per process
     """An SQLite gradebook that knows `assignment` (its notebooks, cells and points): made by nbgrader's
     generate_assignment from source/ once per version of the course package on this host (kept in
@@ -343,7 +384,7 @@ def assignment_gradebook(assignment, folder, templates={}):  # noqa: B006 - one 
 
     if assignment not in templates:
         digest = package_digest()[:16]
-        path = TEMPLATES / digest / f"gradebook-{assignment}.db"
+        path = host_folder() / f"gradebook-{assignment}.db"
         if not path.exists():
             made = folder / f"gradebook-{assignment}.db"
             made.unlink(missing_ok=True)
@@ -364,35 +405,47 @@ def assignment_gradebook(assignment, folder, templates={}):  # noqa: B006 - one 
 
 
 def grading_process(folder):
-    """Grade what the worker asks for, one submission per line of stdin ({"key", "root"})."""
+    """Grade what the worker asks for, one submission per line of stdin ({"key", "root"}). The kernel template
+    of the next submission starts before anything else (sandbox.start_next_template), so its imports are
+    made while this process makes its own, and each submission's while the one before is graded."""
+    # The worker hears from this process on a private copy of stdout (os.dup makes it close-on-exec);
+    # fd 1 itself goes to the log, so a student's kernel (or template), which inherits it, can never forge
+    # a record. So this comes before any sandbox starts.
+    channel = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)
+    sys.stdout = os.fdopen(1, "w", buffering=1, closefd=False)
+    start_next_template(folder)
+    try:
+        _grade_requests(Path(folder), channel)
+    finally:
+        close_next_template()
+
+
+def _grade_requests(folder, channel):
     from nbgrader.apps import NbGraderAPI
 
     from . import checks, time_budget
 
-    # The worker hears from this process on a private copy of stdout (os.dup makes it close-on-exec);
-    # fd 1 itself goes to the log, so a student's kernel, which inherits it, can never forge a record.
-    channel = os.fdopen(os.dup(1), "w", buffering=1)
-    os.dup2(2, 1)
-    sys.stdout = os.fdopen(1, "w", buffering=1, closefd=False)
     for assignment in course_config.ASSIGNMENTS:  # before the first submission comes, where it can
         try:
-            assignment_gradebook(assignment, Path(folder))
+            assignment_gradebook(assignment, folder)
         except Exception:  # noqa: BLE001 - asked again by the submission, which then reports it
             log.exception("the template gradebook of %s", assignment)
     try:
-        checks.prepare()  # the checks' own references, computed once for every submission this process grades
+        checks.prepare(host_folder())  # the checks' own references, once for every submission (or read)
     except Exception:  # noqa: BLE001 - computed again by the check that needs it, which then reports it
         log.exception("preparing the hidden checks")
     for line in sys.stdin:
         request = json.loads(line)
         key, root = request["key"], Path(request["root"])
         assignment, student = parse_key(key)
-        shutil.copyfile(assignment_gradebook(assignment, Path(folder)), root / "gradebook.db")
+        shutil.copyfile(assignment_gradebook(assignment, folder), root / "gradebook.db")
         config = course_directory(root, f"sqlite:///{root / 'gradebook.db'}")
         config.TrustedChecks.flags_directory = str(root / "flags")
         print(json.dumps({"started": key}), file=channel, flush=True)
         time_budget.start_submission()
-        with grading_submission(root / "submitted" / student / assignment):  # its notebooks' kernel template
+        # its notebooks' kernel template (started ahead, with the submission's files now), and the next's
+        with grading_submission(root / "submitted" / student / assignment, scratch=folder):
             result = NbGraderAPI(config=config).autograde(assignment, student, force=True, create=True)
         text = (result.get("log") or "") + "\n" + (result.get("error") or "")
         (root / "log.txt").write_text("\n".join(one_line(line, 20_000) for line in text.splitlines()) + "\n",

@@ -381,6 +381,11 @@ class SubmissionTemplate:
     sockets in its IPC tmpfs,
     one process cap for all its processes, the memory and file-size caps on each. It is never shared
     with another submission: `close` kills it and everything it forked, when the submission ends.
+
+    Starting it takes seconds (its imports): `__init__` returns at once and `ready` waits for it. So a
+    grading process can start the template of its next submission (`start_next_template`) while it
+    grades the current one, in a sandbox whose /assignment is an empty folder that receives the next
+    submission's files when it comes.
     """
 
     START_TIMEOUT_S = 60  # the template's imports (a few seconds)
@@ -389,6 +394,7 @@ class SubmissionTemplate:
 
     def __init__(self, assignment_dir):
         self.cap = process_cap()
+        self.folder = Path(assignment_dir)
         prefix = sandbox_prefix(extra_ro_binds=[(assignment_dir, SANDBOX_ASSIGNMENT_DIR), (WORKER_DIR, SANDBOX_WORKER_DIR)],
                                 extra_tmpfs=[TEMPLATE_WORK_DIR, (SANDBOX_IPC_DIR, SANDBOX_IPC_BYTES)],
                                 chdir=TEMPLATE_WORK_DIR)
@@ -397,6 +403,13 @@ class SubmissionTemplate:
                                         env=sandbox_environment(home=TEMPLATE_WORK_DIR), start_new_session=True)
         self.forked = 0
         self._replies = b""
+        self._control = None
+
+    def ready(self):
+        """Wait until the template has made its imports and listens (at once if it already does); raise
+        TemplateUnavailable (and kill it) if it does not within START_TIMEOUT_S."""
+        if self._control is not None:
+            return self
         try:
             self.root = sandbox_root(self.process.pid, timeout=self.START_TIMEOUT_S)
             self._control = self._connect(time.monotonic() + self.START_TIMEOUT_S)
@@ -404,6 +417,7 @@ class SubmissionTemplate:
         except (RuntimeError, OSError) as err:
             self.close()
             raise TemplateUnavailable(f"the submission's kernel template did not start: {err}") from None
+        return self
 
     def _connect(self, deadline):
         path = f"{self.root}{SANDBOX_IPC_DIR}/template"
@@ -425,6 +439,7 @@ class SubmissionTemplate:
         The template is the student's process too (a kernel it forked can write on its socket): its reply
         is read within FORK_TIMEOUT_S and MAX_REPLY_BYTES, and the pid it names must be one of its own
         children. Otherwise the template is killed and TemplateUnavailable raised."""
+        self.ready()
         self.forked += 1
         name = f"kernel-{self.forked}"
         request = {"connection": dict(connection_info), "folder": f"{TEMPLATE_WORK_DIR}/{name}",
@@ -487,6 +502,7 @@ class SubmissionTemplate:
         control = getattr(self, "_control", None)
         if control is not None:
             control.close()
+            self._control = None
 
 
 class ForkedKernel:
@@ -540,13 +556,67 @@ class ForkedKernel:
 # The submission being graded in this process, whose template forks its notebooks' kernels
 # (`grading_submission`), and its template once one was needed.
 _submission = {"folder": None, "template": None, "failed": False}
+# The template started for the next submission this process grades, and the empty folder it shows at
+# /assignment (`start_next_template`).
+_next = {"template": None, "folder": None}
+NEXT_SUBMISSION_PREFIX = "next-submission-"  # + the grading process's pid: that folder's name
+
+
+def start_next_template(scratch):
+    """Start, now, the kernel template of the next submission this process will grade, in a sandbox whose
+    /assignment is a new empty folder in `scratch`: it makes its imports (seconds) while this process
+    grades the current submission or waits for the next. `grading_submission` gives it that submission's
+    files, then its notebooks; it serves no other submission. Nothing happens with the sandbox off, or
+    when one is started already."""
+    if _next["template"] is not None or not sandbox_enabled():
+        return
+    folder = Path(tempfile.mkdtemp(prefix=f"{NEXT_SUBMISSION_PREFIX}{os.getpid()}-", dir=scratch))
+    try:
+        _next.update(template=SubmissionTemplate(folder), folder=folder)
+    except (OSError, subprocess.SubprocessError) as err:
+        log.warning("the next submission's kernel template did not start (%s); it starts with the submission", err)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def close_next_template():
+    """End the template started for a next submission that will not come (this process stops)."""
+    template, folder = _next["template"], _next["folder"]
+    _next.update(template=None, folder=None)
+    if template is not None:
+        template.close()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _take_next_template(assignment_dir):
+    """The template started for the next submission, now this one's: `assignment_dir`'s files copied into
+    the folder it shows at /assignment. None when none was started or it has ended."""
+    template, folder = _next["template"], _next["folder"]
+    _next.update(template=None, folder=None)
+    if template is None:
+        return None
+    if not template.alive():
+        template.close()
+        shutil.rmtree(folder, ignore_errors=True)
+        return None
+    try:
+        shutil.copytree(assignment_dir, folder, symlinks=True, dirs_exist_ok=True)
+    except OSError as err:
+        log.warning("the submission's files could not be given to its kernel template (%s); another starts", err)
+        template.close()
+        shutil.rmtree(folder, ignore_errors=True)
+        return None
+    return template
 
 
 @contextmanager
-def grading_submission(assignment_dir):
+def grading_submission(assignment_dir, scratch=None):
     """While one submission is graded in this process: its notebooks' kernels are forked by one template
-    (started on the first kernel's start), which is killed, with every kernel, when the block ends."""
-    _submission.update(folder=Path(assignment_dir), template=None, failed=False)
+    (the one `start_next_template` started for it, else one started on the first kernel's start), which
+    is killed, with every kernel, when the block ends. With `scratch` (a folder of this process), the
+    template of the next submission starts now, beside this one's grading."""
+    _submission.update(folder=Path(assignment_dir), template=_take_next_template(assignment_dir), failed=False)
+    if scratch is not None:
+        start_next_template(scratch)
     try:
         yield
     finally:
@@ -554,6 +624,8 @@ def grading_submission(assignment_dir):
         _submission.update(folder=None, template=None, failed=False)
         if template is not None:
             template.close()
+            if template.folder != Path(assignment_dir):  # a template started ahead: its own folder
+                shutil.rmtree(template.folder, ignore_errors=True)
 
 
 def template_failed(why):
@@ -577,12 +649,13 @@ def submission_template():
     then each kernel starts in a sandbox of its own, as without a template)."""
     if _submission["folder"] is None or _submission["failed"] or not sandbox_enabled():
         return None
-    if _submission["template"] is None:
-        try:
+    try:
+        if _submission["template"] is None:
             _submission["template"] = SubmissionTemplate(_submission["folder"])
-        except TemplateUnavailable as err:
-            template_failed(err)
-            return None
+        _submission["template"].ready()
+    except (TemplateUnavailable, OSError, subprocess.SubprocessError) as err:
+        template_failed(err)
+        return None
     template = _submission["template"]
     return template if template.alive() else None
 

@@ -14,7 +14,9 @@ from nbformat.v4 import new_code_cell, new_notebook
 
 import course_config
 
-from autograder.sandbox import ForkedKernel, grading_submission, sandboxed_kernel_manager_class, submission_template
+from autograder import sandbox
+from autograder.sandbox import (ForkedKernel, close_next_template, grading_submission, sandboxed_kernel_manager_class,
+                               start_next_template, submission_template)
 from autograder.student import KernelConnection, SandboxedStudent, StudentUnresponsive, WorkerProcess
 
 
@@ -115,6 +117,37 @@ def test_a_submission_s_kernels_are_forked_by_one_template_that_ends_with_it(tmp
     assert template.process.poll() is not None, "the template ended with the submission"
     assert not [p for p in psutil.process_iter(["cmdline"]) if p.info["cmdline"] == ["sleep", "7377"]], \
         "nothing a notebook started outlives its submission"
+
+
+def test_a_template_started_ahead_serves_the_one_submission_that_comes_next(tmp_path):
+    """A grading process starts its next submission's template before that submission comes, in an empty
+    folder: the submission gets it with its own files (and no other's), the next one gets another template,
+    and the one still waiting when the process stops ends then."""
+    scratch, folders = tmp_path / "scratch", {}
+    scratch.mkdir()
+    for name in ("first", "second"):
+        folders[name] = tmp_path / name
+        folders[name].mkdir()
+        (folders[name] / "data.txt").write_text(name)
+    cells = ["import os\nDATA = open('data.txt').read()\nSEEN = sorted(f for f in os.listdir('.') if not f.startswith('.'))"]
+    start_next_template(scratch)
+    ahead, used = sandbox._next["template"], []
+    assert ahead is not None and list(ahead.folder.iterdir()) == [], "started before its submission, with nothing"
+    for name in ("first", "second"):
+        with grading_submission(folders[name], scratch=scratch):
+            with kernel_that_ran(cells, folders[name]) as (km, nb):
+                assert not any(o.get("output_type") == "error" for c in nb.cells for o in c.outputs), nb.cells
+                assert km.template is ahead, "the kernel was forked by the template started ahead"
+                with SandboxedStudent(cells, kernel=answering(km)) as student:
+                    assert student.value("DATA").value == name
+                    assert student.value("SEEN").value == ["data.txt"]
+            used.append(ahead)
+            ahead = sandbox._next["template"]
+            assert ahead is not None and ahead not in used, "the next submission's template started meanwhile"
+        assert used[-1].process.poll() is not None and not used[-1].folder.exists(), "it ended with its submission"
+    close_next_template()
+    assert ahead.process.poll() is not None and sandbox._next["template"] is None
+    assert list(scratch.iterdir()) == [], "no folder is left"
 
 
 def test_a_link_in_place_of_the_checks_socket_reaches_nothing_outside_the_sandbox(tmp_path):

@@ -21,7 +21,7 @@ import nbformat
 import psutil
 import pytest
 
-from autograder.sandbox import TASK_PREFIX
+from autograder.sandbox import NEXT_SUBMISSION_PREFIX, TASK_PREFIX
 from tests.conftest import SandboxRecorder, copy_course, make, read_grades, user_env
 from tests.students import BONUS, NB1, NB2, NB4, reference_answers, student_notebook, write_submission
 
@@ -143,21 +143,27 @@ def test_progress_shows_counts_as_submissions_finish_and_ends_with_the_summary(o
 
 
 def test_one_sandbox_per_submission_runs_its_notebooks_and_answers_their_checks(on_sqlite):
-    """Counted from outside the grader (a bwrap that writes down what it starts): one sandbox per submission
-    with a notebook to run, its kernel template, which forks each notebook's kernel; no worker for the hidden
-    checks unless a kernel died or was stopped by its cell's time limit (the notebook stopped by the
-    submission's clock starts nothing more); unanswered and unreadable notebooks start nothing. Every
-    sandbox has ended when the batch ends."""
-    course, _, sandboxes = on_sqlite
+    """Counted from outside the grader (a bwrap that writes down what it starts): one sandbox per submission,
+    its kernel template, which forks each notebook's kernel. Each grading process starts the template of its
+    next submission ahead, in an empty folder of its own (named after that process), as it starts and as
+    each submission begins: so a process that graded n submissions started n + 1 templates, one of them
+    never used. No worker for the hidden checks unless a kernel died or was stopped by its cell's time
+    limit (the notebook stopped by the submission's clock starts nothing more); unanswered and unreadable
+    notebooks fork nothing. Every sandbox has ended when the batch ends."""
+    course, output, sandboxes = on_sqlite
     started = sandboxes.started()
-    templates = {}
+    per_process = {}
     for _, kind, folder in started:
         if kind == "template":
-            student, assignment = Path(folder).parts[-2:]
-            templates[student, assignment] = templates.get((student, assignment), 0) + 1
-    assert templates == {("correct", "attention_surgeon"): 1, ("correct", BONUS): 1, ("no_scale", "attention_surgeon"): 1,
-                         ("exits_its_kernel", "attention_surgeon"): 1, ("loops_forever", "attention_surgeon"): 1,
-                         ("too_slow", "attention_surgeon"): 1}, started
+            name = Path(folder).name
+            assert name.startswith(NEXT_SUBMISSION_PREFIX), f"every template was started ahead: {started}"
+            process = name.removeprefix(NEXT_SUBMISSION_PREFIX).split("-")[0]
+            per_process[process] = per_process.get(process, 0) + 1
+    graded = len(re.findall(r"^  \[\d+/\d+\] ", output, re.M))  # the progress lines: every submission graded
+    assert graded == len(STUDENTS) + 1
+    assert 2 <= len(per_process) <= 3, "a grading process per worker (and one that replaced the process stopped " \
+                                       "by the submission's hard limit, if it was)"
+    assert sum(per_process.values()) == graded + len(per_process), started
     kinds = [kind for _, kind, _ in started]
     assert kinds.count("checks") == 2, "a worker each for the two kernels that were stopped"
     assert "kernel" not in kinds, "every kernel was forked by its submission's template"

@@ -153,10 +153,11 @@ def _first_line(err):
 from . import attention, attention_on_cuda, beyond_one_head, breaking_attention, seeing_attention  # noqa: E402,F401
 
 
-def prepare():
+def prepare(folder=None):
     """Compute now what the checks compute once per process from the grader's own inputs alone (a
-    module's `prepare()`: reference statistics, corpora). A grading process calls this before its first
-    submission comes, while the batch is still preparing, so that no submission's time pays for it."""
+    module's `prepare(folder)`: reference statistics, corpora). A grading process calls this before its
+    first submission comes, while the batch is still preparing, so that no submission's time pays for it.
+    `folder`: where this host keeps what this version of the package computed once (read, else written)."""
     for module in (attention, attention_on_cuda, beyond_one_head, breaking_attention, seeing_attention):
         if hasattr(module, "prepare"):
-            module.prepare()
+            module.prepare(folder)
