@@ -555,7 +555,7 @@ class ForkedKernel:
 
 # The submission being graded in this process, whose template forks its notebooks' kernels
 # (`grading_submission`), and its template once one was needed.
-_submission = {"folder": None, "template": None, "failed": False}
+_submission = {"folder": None, "template": None, "failed": False, "scratch": None}
 # The template started for the next submission this process grades, and the empty folder it shows at
 # /assignment (`start_next_template`).
 _next = {"template": None, "folder": None}
@@ -565,9 +565,9 @@ NEXT_SUBMISSION_PREFIX = "next-submission-"  # + the grading process's pid: that
 def start_next_template(scratch):
     """Start, now, the kernel template of the next submission this process will grade, in a sandbox whose
     /assignment is a new empty folder in `scratch`: it makes its imports (seconds) while this process
-    grades the current submission or waits for the next. `grading_submission` gives it that submission's
-    files, then its notebooks; it serves no other submission. Nothing happens with the sandbox off, or
-    when one is started already."""
+    grades the current submission or waits for the next. The next submission that starts a kernel gets
+    it (`submission_template`), with that submission's files; it serves no other submission. Nothing
+    happens with the sandbox off, or when one is started already."""
     if _next["template"] is not None or not sandbox_enabled():
         return
     folder = Path(tempfile.mkdtemp(prefix=f"{NEXT_SUBMISSION_PREFIX}{os.getpid()}-", dir=scratch))
@@ -610,18 +610,17 @@ def _take_next_template(assignment_dir):
 
 @contextmanager
 def grading_submission(assignment_dir, scratch=None):
-    """While one submission is graded in this process: its notebooks' kernels are forked by one template
-    (the one `start_next_template` started for it, else one started on the first kernel's start), which
-    is killed, with every kernel, when the block ends. With `scratch` (a folder of this process), the
-    template of the next submission starts now, beside this one's grading."""
-    _submission.update(folder=Path(assignment_dir), template=_take_next_template(assignment_dir), failed=False)
-    if scratch is not None:
-        start_next_template(scratch)
+    """While one submission is graded in this process: its notebooks' kernels are forked by one template,
+    started on the first kernel's start (`submission_template`), which is killed, with every kernel, when
+    the block ends. With `scratch` (a folder of this process), that template is the one started ahead
+    (`start_next_template`) when there is one, and taking it starts the next submission's, beside this
+    one's grading. A submission that runs no notebook starts no template and takes none."""
+    _submission.update(folder=Path(assignment_dir), template=None, failed=False, scratch=scratch)
     try:
         yield
     finally:
         template = _submission["template"]
-        _submission.update(folder=None, template=None, failed=False)
+        _submission.update(folder=None, template=None, failed=False, scratch=None)
         if template is not None:
             template.close()
             if template.folder != Path(assignment_dir):  # a template started ahead: its own folder
@@ -650,6 +649,9 @@ def submission_template():
     if _submission["folder"] is None or _submission["failed"] or not sandbox_enabled():
         return None
     try:
+        if _submission["template"] is None and _submission["scratch"] is not None:
+            _submission["template"] = _take_next_template(_submission["folder"])
+            start_next_template(_submission["scratch"])  # the next submission's, while this one is graded
         if _submission["template"] is None:
             _submission["template"] = SubmissionTemplate(_submission["folder"])
         _submission["template"].ready()

@@ -121,8 +121,9 @@ def test_a_submission_s_kernels_are_forked_by_one_template_that_ends_with_it(tmp
 
 def test_a_template_started_ahead_serves_the_one_submission_that_comes_next(tmp_path):
     """A grading process starts its next submission's template before that submission comes, in an empty
-    folder: the submission gets it with its own files (and no other's), the next one gets another template,
-    and the one still waiting when the process stops ends then."""
+    folder: the next submission that runs a notebook gets it with its own files (and no other's), which
+    starts another for the one after; a submission that runs no notebook takes none; the one still waiting
+    when the process stops ends then."""
     scratch, folders = tmp_path / "scratch", {}
     scratch.mkdir()
     for name in ("first", "second"):
@@ -134,6 +135,9 @@ def test_a_template_started_ahead_serves_the_one_submission_that_comes_next(tmp_
     ahead, used = sandbox._next["template"], []
     assert ahead is not None and list(ahead.folder.iterdir()) == [], "started before its submission, with nothing"
     for name in ("first", "second"):
+        with grading_submission(tmp_path / "runs-no-notebook", scratch=scratch):
+            pass
+        assert sandbox._next["template"] is ahead and ahead.alive(), "a submission that starts no kernel takes none"
         with grading_submission(folders[name], scratch=scratch):
             with kernel_that_ran(cells, folders[name]) as (km, nb):
                 assert not any(o.get("output_type") == "error" for c in nb.cells for o in c.outputs), nb.cells
