@@ -191,13 +191,15 @@ class GradingProcess:
         self.folder = Path(tempfile.mkdtemp(prefix=f"{TASK_PREFIX}{os.getpid()}-"))
         self.process = None
         self.count = 0
+        self.busy = False  # grading a submission
         weakref.finalize(self, _remove, self.folder, [None])
         _processes.add(self)
 
     def close(self):
         """End the grading process in order: its stdin ends, it stops what it started; killed if it
-        has not exited within CLOSE_TIMEOUT_S."""
-        if self.process is not None and self.process.poll() is None:
+        has not exited within CLOSE_TIMEOUT_S, or at once while it grades a submission (the batch that
+        sent it is stopping)."""
+        if self.process is not None and self.process.poll() is None and not self.busy:
             try:
                 self.process.stdin.close()
                 self.process.wait(timeout=self.CLOSE_TIMEOUT_S)
@@ -228,8 +230,15 @@ class GradingProcess:
 
     def grade(self, key, files):
         """Grade one submission; its result (a dict of RESULT_FIELDS)."""
+        self.busy = True
+        try:
+            return self._grade(key, files, time.monotonic())
+        finally:
+            self.busy = False
+
+    def _grade(self, key, files, started):
         assignment, student = parse_key(key)
-        started, first = time.monotonic(), None
+        first = None
         for attempt in range(2):  # a process that died under the submission: once more in a fresh one
             self.count += 1
             root = self.folder / f"submission-{self.count}"
