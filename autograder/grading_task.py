@@ -384,7 +384,6 @@ def host_folder(found=[]):  # noqa: B006 - one per process
     return found[0]
 
 
-
 def assignment_gradebook(assignment, folder, templates={}):  # noqa: B006 - one cache per process
     """An SQLite gradebook that knows `assignment` (its notebooks, cells and points): made by nbgrader's
     generate_assignment from source/ once per version of the course package on this host (kept in
@@ -392,7 +391,6 @@ def assignment_gradebook(assignment, folder, templates={}):  # noqa: B006 - one 
     from nbgrader.apps import NbGraderAPI
 
     if assignment not in templates:
-        digest = package_digest()[:16]
         path = host_folder() / f"gradebook-{assignment}.db"
         if not path.exists():
             made = folder / f"gradebook-{assignment}.db"
@@ -403,7 +401,7 @@ def assignment_gradebook(assignment, folder, templates={}):  # noqa: B006 - one 
             if not result["success"]:
                 raise RuntimeError(f"generate_assignment {assignment} failed: {result.get('error')}")
             for older in TEMPLATES.glob("*") if TEMPLATES.is_dir() else []:  # of earlier versions
-                if older.name != digest:
+                if older != path.parent:
                     shutil.rmtree(older, ignore_errors=True)
             path.parent.mkdir(parents=True, exist_ok=True)
             partial = path.with_suffix(f".{os.getpid()}.partial")

@@ -556,9 +556,9 @@ class ForkedKernel:
 # The submission being graded in this process, whose template forks its notebooks' kernels
 # (`grading_submission`), and its template once one was needed.
 _submission = {"folder": None, "template": None, "failed": False, "scratch": None}
-# The template started for the next submission this process grades, and the empty folder it shows at
-# /assignment (`start_next_template`).
-_next = {"template": None, "folder": None}
+# The template started for the next submission this process grades (`start_next_template`); its
+# folder, the one it shows at /assignment, starts empty.
+_next = {"template": None}
 NEXT_SUBMISSION_PREFIX = "next-submission-"  # + the grading process's pid: that folder's name
 
 
@@ -572,38 +572,39 @@ def start_next_template(scratch):
         return
     folder = Path(tempfile.mkdtemp(prefix=f"{NEXT_SUBMISSION_PREFIX}{os.getpid()}-", dir=scratch))
     try:
-        _next.update(template=SubmissionTemplate(folder), folder=folder)
+        _next["template"] = SubmissionTemplate(folder)
     except (OSError, subprocess.SubprocessError) as err:
         log.warning("the next submission's kernel template did not start (%s); it starts with the submission", err)
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def _end_started_ahead(template):
+    """Kill a template started ahead and remove its own folder."""
+    template.close()
+    shutil.rmtree(template.folder, ignore_errors=True)
+
+
 def close_next_template():
     """End the template started for a next submission that will not come (this process stops)."""
-    template, folder = _next["template"], _next["folder"]
-    _next.update(template=None, folder=None)
+    template, _next["template"] = _next["template"], None
     if template is not None:
-        template.close()
-        shutil.rmtree(folder, ignore_errors=True)
+        _end_started_ahead(template)
 
 
 def _take_next_template(assignment_dir):
     """The template started for the next submission, now this one's: `assignment_dir`'s files copied into
     the folder it shows at /assignment. None when none was started or it has ended."""
-    template, folder = _next["template"], _next["folder"]
-    _next.update(template=None, folder=None)
+    template, _next["template"] = _next["template"], None
     if template is None:
         return None
     if not template.alive():
-        template.close()
-        shutil.rmtree(folder, ignore_errors=True)
+        _end_started_ahead(template)
         return None
     try:
-        shutil.copytree(assignment_dir, folder, symlinks=True, dirs_exist_ok=True)
+        shutil.copytree(assignment_dir, template.folder, symlinks=True, dirs_exist_ok=True)
     except OSError as err:
         log.warning("the submission's files could not be given to its kernel template (%s); another starts", err)
-        template.close()
-        shutil.rmtree(folder, ignore_errors=True)
+        _end_started_ahead(template)
         return None
     return template
 
@@ -621,10 +622,10 @@ def grading_submission(assignment_dir, scratch=None):
     finally:
         template = _submission["template"]
         _submission.update(folder=None, template=None, failed=False, scratch=None)
-        if template is not None:
+        if template is not None and template.folder != Path(assignment_dir):  # started ahead: its own folder
+            _end_started_ahead(template)
+        elif template is not None:
             template.close()
-            if template.folder != Path(assignment_dir):  # a template started ahead: its own folder
-                shutil.rmtree(template.folder, ignore_errors=True)
 
 
 def template_failed(why):
