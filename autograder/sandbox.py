@@ -622,10 +622,11 @@ def grading_submission(assignment_dir, scratch=None):
     finally:
         template = _submission["template"]
         _submission.update(folder=None, template=None, failed=False, scratch=None)
-        if template is not None and template.folder != Path(assignment_dir):  # started ahead: its own folder
-            _end_started_ahead(template)
-        elif template is not None:
-            template.close()
+        if template is not None:
+            if template.folder != Path(assignment_dir):  # started ahead: its own folder
+                _end_started_ahead(template)
+            else:
+                template.close()
 
 
 def template_failed(why):
