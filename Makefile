@@ -62,7 +62,7 @@ collect: venv ## grader: nbgrader collect for every assignment (links refused, n
 # Grader: every submission under submitted/<student>/<assignment>/ -> gradebook, autograded/, feedback/, grades.csv
 # (a submission graded before, unchanged since, by the same checks, is not graded again unless FORCE=1).
 autograde: venv ## grader: submitted/ -> gradebook, feedback/, grades.csv (STUDENT=, ASSIGNMENT=, FORCE=1)
-	$(PY) -m autograder.grade_submissions --student "$(STUDENT)" --assignment "$(ASSIGNMENT)" $(if $(filter 1 yes true,$(FORCE)),--force)
+	$(PY) -m autograder.autograde --student "$(STUDENT)" --assignment "$(ASSIGNMENT)" $(if $(filter 1 yes true,$(FORCE)),--force)
 
 # Grader, after fixing a check: decide that one check again for every graded submission (no notebook runs).
 regrade: venv ## grader: CHECK=<name> decided again for every graded submission; nothing else changes

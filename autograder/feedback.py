@@ -124,8 +124,10 @@ class FeedbackPages:
     """The batch's feedback process: `add(assignment, student)` once that submission's grades are in the
     gradebook; `finish()` waits for every page and returns the submissions whose pages could not be made.
 
-    The process makes one submission's pages at a time, in the order they were added. At most WINDOW
-    requests are in its pipe (the rest wait here), so neither pipe ever fills and blocks the batch.
+    The process starts when the first submission is added, not with the batch, whose start has the
+    cluster and the first grading process to start first. It makes one submission's pages at a time, in
+    the order they were added. At most WINDOW requests are in its pipe (the rest wait here), so neither
+    pipe ever fills and blocks the batch.
     A submission that takes more than FEEDBACK_TIMEOUT_S (a notebook built to make nbconvert hang, say)
     is given up: the process is killed and a fresh one goes on with the rest."""
 
@@ -137,7 +139,6 @@ class FeedbackPages:
         self.command = command or [sys.executable, "-m", "autograder.feedback", "--follow"]
         self.waiting, self.sent, self.failed = collections.deque(), collections.deque(), []
         self.process, self.buffer, self.since, self.restarts = None, b"", time.monotonic(), 0
-        self._start()
 
     def _start(self):
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -147,6 +148,8 @@ class FeedbackPages:
         self.buffer, self.since = b"", time.monotonic()
 
     def _stop(self):
+        if self.process is None:
+            return
         self.process.kill()
         self.process.wait()
         for pipe in (self.process.stdin, self.process.stdout):
@@ -168,6 +171,8 @@ class FeedbackPages:
 
     def close(self):
         """End the process: at once, when pages are still waiting (the batch stopped early)."""
+        if self.process is None:
+            return
         if self.process.poll() is None and not (self.waiting or self.sent):
             self.process.stdin.close()
             try:
@@ -179,6 +184,8 @@ class FeedbackPages:
     def _pump(self, wait):
         """Read the replies that came (waiting up to `wait` s for one), send more, and give up on the
         submission at the head when it is past FEEDBACK_TIMEOUT_S or the process died."""
+        if self.waiting and self.process is None:
+            self._start()
         while self.waiting and len(self.sent) < self.WINDOW:
             item = self.waiting.popleft()
             if not self.sent:

@@ -1,4 +1,4 @@
-"""`make autograde`: grade every submission, then feedback and grades.csv.
+"""`make autograde` (entry point: autograde.py): grade every submission, then feedback and grades.csv.
 
     submitted/<student>/<assignment>/      as `nbgrader collect` leaves it; only ever read
         | stage: copy; a notebook that cannot be read is replaced by the blank
@@ -37,6 +37,7 @@ import os
 import select
 import shutil
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -54,8 +55,8 @@ from .apply_results import apply_result
 from .cluster import grading_client, refusals
 from .export import write_grades_csv
 from .feedback import FLAGS, FeedbackPages, drop_flags, load_reports, save_reports, write_problem_notes
-from .grading_task import (encode_request, failed_result, grade_submission, package_digest, parse_key, read_result,
-                           start_grading_process, submission_key)
+from .grading_task import (die_with_parent, encode_request, failed_result, grade_submission, package_digest,
+                           parse_key, read_result, start_grading_process, submission_key)
 from .safe_text import one_line
 from .sandbox import SandboxUnavailable, sweep_leftovers
 
@@ -452,15 +453,25 @@ def staged_files(key):
     return {p.name: p.read_bytes() for p in sorted(staged.iterdir()) if p.is_file() and not p.is_symlink()}
 
 
+# The sandbox check imports torch and starts a sandbox (about 4 s of CPU) while the cluster and the first
+# grading process start; at this CPU priority (nice) they come first, and it takes what they leave.
+PREFLIGHT_NICENESS = 10
+
+
 def preflight_here():
     """None when the sandbox works on this host (preflight.py), else the exit status: for the embedded
-    cluster only (a cluster of other hosts is asked before it gets a task). Imported here, in the
-    thread that runs it: it brings torch, which this process needs for nothing else."""
+    cluster only (a cluster of other hosts is asked before it gets a task). In a process of its own, at
+    PREFLIGHT_NICENESS, which dies with this one; this process never imports torch. What it finds (the
+    process cap, or why grading is refused) goes to stderr, as the other commands' preflight does."""
     if course_config.DASK_SCHEDULER:
         return None
-    from .preflight import refuse_unless_sandbox_works
 
-    return refuse_unless_sandbox_works()
+    def lower_priority():
+        os.nice(PREFLIGHT_NICENESS)
+        die_with_parent()
+
+    checked = subprocess.run([sys.executable, "-m", "autograder.preflight"], cwd=ROOT, preexec_fn=lower_priority)
+    return None if checked.returncode == 0 else checked.returncode
 
 
 def start_cluster(stack):
@@ -790,7 +801,3 @@ def main(argv=()):
           "(report/index.html)")
     return 0
 
-
-if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(message)s")  # the preflight says which process cap holds
-    sys.exit(main(sys.argv[1:]))

@@ -5,6 +5,7 @@ A sandbox that cannot start must stop the grading with a clear message, not scor
 student 0; a process cap that does not hold must not be found out by a fork bomb.
 """
 import logging
+import sys
 
 import course_config
 
@@ -84,3 +85,8 @@ def refuse_unless_sandbox_works():
         log.error(f"GRADING REFUSED: {err}")
         return 2
     return None
+
+
+if __name__ == "__main__":  # make autograde's check, in a process of its own (grade_submissions.preflight_here)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    sys.exit(refuse_unless_sandbox_works() or 0)
