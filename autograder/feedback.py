@@ -25,7 +25,7 @@ from nbgrader.preprocessors import GetGrades
 
 import course_config
 
-from .nbgrader_cli import nbgrader_env, run_nbgrader
+from .nbgrader_cli import nbgrader_env, run_nbgrader, validate_metadata_against_a_checked_schema
 from .safe_text import one_line
 
 log = logging.getLogger("attention_surgeon.feedback")
@@ -238,6 +238,7 @@ def follow():
 
     channel = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)
+    validate_metadata_against_a_checked_schema()
     api = NbGraderAPI(config=copy.deepcopy(course_config.c))
     for line in sys.stdin:
         assignment, student = json.loads(line)

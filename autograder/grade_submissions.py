@@ -57,6 +57,7 @@ from .export import write_grades_csv
 from .feedback import FLAGS, FeedbackPages, drop_flags, load_reports, save_reports, write_problem_notes
 from .grading_task import (die_with_parent, encode_request, failed_result, grade_submission, package_digest,
                            parse_key, read_result, start_grading_process, submission_key)
+from .nbgrader_cli import validate_metadata_against_a_checked_schema
 from .safe_text import one_line
 from .sandbox import SandboxUnavailable, sweep_leftovers
 
@@ -697,6 +698,7 @@ def arguments(argv):
 def main(argv=()):
     args = arguments(list(argv))
     started = time.monotonic()
+    validate_metadata_against_a_checked_schema()  # nbgrader's, as it writes each result (apply_results.py)
     for folder, why in ungradable_submissions():
         print(f"  NOT GRADED: {one_line(folder)} {why}")
     if args.assignment and args.assignment not in course_config.ASSIGNMENTS:

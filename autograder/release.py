@@ -6,9 +6,11 @@ student notebooks and solutions from source/, then the leak check.
                                 --nbgrader generate_solution---> solutions/<assignment>/
 
 The leak check refuses the release if any line of a solution block or any
-hidden-check code made it into release/.
+hidden-check code made it into release/. Last, this host's grading is prepared for this version of
+the package (grading_task.prepare_host: template gradebooks, the checks' references).
 """
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -17,6 +19,7 @@ import nbformat
 import course_config
 
 from . import points
+from .grading_task import host_folder, prepare_host
 from .nbgrader_cli import run_nbgrader
 
 HIDDEN_MARKERS = ("BEGIN HIDDEN TESTS", "END HIDDEN TESTS", "hidden_check", "import autograder",
@@ -80,7 +83,10 @@ def main():
     for assignment in course_config.ASSIGNMENTS:  # the main assignment, then the bonus (Notebook 4)
         if not release(assignment):
             return 1
-    print(f"release/ and solutions/ are up to date for {', '.join(course_config.ASSIGNMENTS)}; no leaks "
+    with tempfile.TemporaryDirectory() as scratch:  # what this host's first batch would make otherwise
+        prepare_host(Path(scratch))
+    print(f"release/ and solutions/ are up to date for {', '.join(course_config.ASSIGNMENTS)}; no leaks; this "
+          f"host's grading is prepared ({host_folder().relative_to(course_config.COURSE_ROOT)}/) "
           f"({time.monotonic() - started:.1f} s)")
     return 0
 
