@@ -45,7 +45,8 @@ $(VENV)/.installed: requirements.lock
 	  assert ('$(TORCH)' == 'cuda') == (torch.version.cuda is not None), 'wanted the $(TORCH) build, got ' + torch.__version__"
 	touch $@
 
-# Instructor: release/ (student notebooks) and solutions/ from source/, then the leak check.
+# Instructor: release/ (student notebooks) and solutions/ from source/, then the leak check; run by the
+# course folder's owner (the grader), it also prepares this host's grading (.grading/templates/).
 release: venv ## instructor: release/ and solutions/ from source/, then the leak check
 	$(PY) -m autograder.release
 

@@ -8,10 +8,16 @@ grading process's own start). Trusted code.
 """
 import sys
 
-if __name__ == "__main__":
+
+def run(argv):
+    """make autograde's exit status for its arguments `argv`."""
     import logging
 
     from .grade_submissions import main
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    sys.exit(main(sys.argv[1:]))
+    return main(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(run(sys.argv[1:]))

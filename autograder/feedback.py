@@ -141,10 +141,19 @@ class FeedbackPages:
         self.process, self.buffer, self.since, self.restarts = None, b"", time.monotonic(), 0
 
     def _start(self):
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "ab") as log_file:
-            self.process = subprocess.Popen(self.command, cwd=course_config.COURSE_ROOT, env=nbgrader_env(), stdin=subprocess.PIPE,
-                                            stdout=subprocess.PIPE, stderr=log_file)
+        """Start the process; if it cannot start (no process or file left to this account, say), the pages
+        waiting now fail, named in the batch's summary, and the batch goes on."""
+        try:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.log_path, "ab") as log_file:
+                self.process = subprocess.Popen(self.command, cwd=course_config.COURSE_ROOT, env=nbgrader_env(),
+                                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log_file)
+        except OSError as err:
+            log.error("the feedback process did not start: %s", one_line(f"{type(err).__name__}: {err}", 2000))
+            self.process = None
+            self.failed += list(self.sent) + list(self.waiting)
+            self.sent.clear()
+            self.waiting.clear()
         self.buffer, self.since = b"", time.monotonic()
 
     def _stop(self):
@@ -227,7 +236,7 @@ class FeedbackPages:
                           self.restarts)
                 self.failed += self.waiting
                 self.waiting.clear()
-            self._start()
+            self.process = None  # a fresh one starts for the next page, if any
 
 
 def follow():

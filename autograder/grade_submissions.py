@@ -55,8 +55,8 @@ from .apply_results import apply_result
 from .cluster import grading_client, refusals
 from .export import write_grades_csv
 from .feedback import FLAGS, FeedbackPages, drop_flags, load_reports, save_reports, write_problem_notes
-from .grading_task import (die_with_parent, encode_request, failed_result, grade_submission, package_digest,
-                           parse_key, read_result, start_grading_process, submission_key)
+from .grading_task import (encode_request, failed_result, grade_submission, package_digest, parse_key, read_result,
+                           start_grading_process, submission_key)
 from .nbgrader_cli import validate_metadata_against_a_checked_schema
 from .safe_text import one_line
 from .sandbox import SandboxUnavailable, sweep_leftovers
@@ -466,13 +466,14 @@ def preflight_here():
     process cap, or why grading is refused) goes to stderr, as the other commands' preflight does."""
     if course_config.DASK_SCHEDULER:
         return None
-
-    def lower_priority():
-        os.nice(PREFLIGHT_NICENESS)
-        die_with_parent()
-
-    checked = subprocess.run([sys.executable, "-m", "autograder.preflight"], cwd=ROOT, preexec_fn=lower_priority)
-    return None if checked.returncode == 0 else checked.returncode
+    checked = subprocess.run(["nice", "-n", str(PREFLIGHT_NICENESS), sys.executable, "-m", "autograder.preflight",
+                              str(os.getpid())], cwd=ROOT, stdin=subprocess.DEVNULL)
+    if checked.returncode == 0:
+        return None
+    if checked.returncode != 2:  # not its refusal (which says why): it crashed, or was killed
+        print(f"GRADING FAILED: the sandbox check (python -m autograder.preflight) ended with status "
+              f"{checked.returncode}; its error is above")
+    return 2
 
 
 def start_cluster(stack):
@@ -724,7 +725,7 @@ def main(argv=()):
         try:
             # The cluster starts (its workers import the grader) and the sandbox is checked, here for the
             # embedded cluster (a cluster of other hosts is asked before it gets a task), while this
-            # process stages the submissions; the feedback process starts too (feedback.py).
+            # process stages the submissions; the feedback process starts with the first page (feedback.py).
             cluster = pool.submit(start_cluster, clusters)
             sandbox_works = pool.submit(preflight_here)
             feedback = FeedbackPages(STAGING / "logs" / "feedback.log")
@@ -803,3 +804,8 @@ def main(argv=()):
           "(report/index.html)")
     return 0
 
+
+if __name__ == "__main__":  # `make autograde` runs autograder.autograde, which Dask's workers import cheaply
+    from .autograde import run
+
+    sys.exit(run(sys.argv[1:]))

@@ -384,10 +384,11 @@ def host_folder(found=[]):  # noqa: B006 - one per process
     return found[0]
 
 
-def assignment_gradebook(assignment, folder, templates={}):  # noqa: B006 - one cache per process
+def assignment_gradebook(assignment, folder, templates={}, remove_older=True):  # noqa: B006 - one cache per process
     """An SQLite gradebook that knows `assignment` (its notebooks, cells and points): made by nbgrader's
     generate_assignment from source/ once per version of the course package on this host (kept in
-    .grading/templates/<package digest>/, which only the grader writes), and read from there after."""
+    .grading/templates/<package digest>/, which only the grader writes), and read from there after.
+    A grading process that makes one removes the folders of other versions (`remove_older`)."""
     from nbgrader.apps import NbGraderAPI
 
     if assignment not in templates:
@@ -400,7 +401,7 @@ def assignment_gradebook(assignment, folder, templates={}):  # noqa: B006 - one 
             result = NbGraderAPI(config=config).generate_assignment(assignment, force=True, create=True)
             if not result["success"]:
                 raise RuntimeError(f"generate_assignment {assignment} failed: {result.get('error')}")
-            for older in TEMPLATES.glob("*") if TEMPLATES.is_dir() else []:  # of earlier versions
+            for older in TEMPLATES.glob("*") if TEMPLATES.is_dir() and remove_older else []:  # earlier versions
                 if older != path.parent:
                     shutil.rmtree(older, ignore_errors=True)
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -411,18 +412,26 @@ def assignment_gradebook(assignment, folder, templates={}):  # noqa: B006 - one 
     return templates[assignment]
 
 
-def prepare_host(folder):
+def prepare_host(folder, remove_older=True):
     """What every submission's grading needs from this version of the course package, made once on this
     host, in host_folder(), or read from there: the assignments' template gradebooks and the hidden
     checks' own references (checks.prepare). A grading process does it before its first submission, and
-    `make release` does it too, so that the first batch after a release does not wait for it (8.9 s
-    before the first submission started, in a batch on 2 cores). `folder`: a scratch folder of this
-    process."""
+    `make release` does it too (`remove_older` False: a batch may be grading with another version), so
+    that the first batch after a release does not wait for it (8.9 s before the first submission
+    started, in a batch on 2 cores). `folder`: a scratch folder of this process. Each part is tried; the
+    first failure is raised at the end (what failed is made again where it is needed)."""
     from . import checks
 
-    for assignment in course_config.ASSIGNMENTS:
-        assignment_gradebook(assignment, folder)
-    checks.prepare(host_folder())
+    steps = [lambda a=assignment: assignment_gradebook(a, folder, remove_older=remove_older)
+             for assignment in course_config.ASSIGNMENTS]
+    failures = []
+    for step in steps + [lambda: checks.prepare(host_folder())]:
+        try:
+            step()
+        except Exception as err:  # noqa: BLE001 - the others are still made
+            failures.append(err)
+    if failures:
+        raise failures[0]
 
 
 def grading_process(folder):

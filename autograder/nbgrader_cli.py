@@ -55,4 +55,4 @@ def validate_metadata_against_a_checked_schema():
         if error is not None:
             raise error
 
-    common.jsonschema = types.SimpleNamespace(validate=validate)
+    common.jsonschema = types.SimpleNamespace(**{**vars(jsonschema), "validate": validate})  # the rest as it was

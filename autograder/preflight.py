@@ -5,6 +5,7 @@ A sandbox that cannot start must stop the grading with a clear message, not scor
 student 0; a process cap that does not hold must not be found out by a fork bomb.
 """
 import logging
+import os
 import sys
 
 import course_config
@@ -87,6 +88,11 @@ def refuse_unless_sandbox_works():
     return None
 
 
-if __name__ == "__main__":  # make autograde's check, in a process of its own (grade_submissions.preflight_here)
+if __name__ == "__main__":  # make autograde's check, in a process of its own: argv[1] is the batch's pid
+    from .grading_task import die_with_parent
+
+    die_with_parent()  # a batch that is killed takes its check along
+    if sys.argv[1:] and os.getppid() != int(sys.argv[1]):
+        sys.exit(2)  # the batch died before this process was set to follow it
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     sys.exit(refuse_unless_sandbox_works() or 0)

@@ -9,6 +9,7 @@ The leak check refuses the release if any line of a solution block or any
 hidden-check code made it into release/. Last, this host's grading is prepared for this version of
 the package (grading_task.prepare_host: template gradebooks, the checks' references).
 """
+import os
 import sys
 import tempfile
 import time
@@ -83,12 +84,30 @@ def main():
     for assignment in course_config.ASSIGNMENTS:  # the main assignment, then the bonus (Notebook 4)
         if not release(assignment):
             return 1
-    with tempfile.TemporaryDirectory() as scratch:  # what this host's first batch would make otherwise
-        prepare_host(Path(scratch))
-    print(f"release/ and solutions/ are up to date for {', '.join(course_config.ASSIGNMENTS)}; no leaks; this "
-          f"host's grading is prepared ({host_folder().relative_to(course_config.COURSE_ROOT)}/) "
+    print(f"release/ and solutions/ are up to date for {', '.join(course_config.ASSIGNMENTS)}; no leaks "
           f"({time.monotonic() - started:.1f} s)")
+    prepare_grading_here()
     return 0
+
+
+def prepare_grading_here():
+    """What this host's first `make autograde` would make otherwise (grading_task.prepare_host), made now,
+    when the course folder is this account's own: the grader's, as on the hub, where the grader account
+    owns the course and releases. Another account (an instructor's, say) writes nothing under .grading/,
+    which the grader must own. A failure here is said, and the release stands."""
+    root = course_config.COURSE_ROOT
+    if root.stat().st_uid != os.getuid():
+        return
+    started = time.monotonic()
+    try:
+        with tempfile.TemporaryDirectory() as scratch:
+            prepare_host(Path(scratch), remove_older=False)
+    except Exception as err:  # noqa: BLE001 - the first batch makes it instead
+        print(f"this host's grading was not prepared ({type(err).__name__}: {err}); the first make autograde "
+              f"prepares it", file=sys.stderr)
+        return
+    print(f"this host's grading is prepared for this version of the course package "
+          f"({host_folder().relative_to(root)}/, {time.monotonic() - started:.1f} s)")
 
 
 if __name__ == "__main__":

@@ -187,6 +187,9 @@ def main():
             print(f"  grading (make autograde, one at a time, all costs counted): {grading:6.2f} s per student "
                   f"(rounds: {', '.join(f'{g:.2f}' for g in seen['grading'])})")
             print(f"  ratio grading / floor: {grading / floor:.2f}  (the goal: at most 1.0, the floor itself)")
+            per_round = [g / f for g, f in zip(seen["grading"], floors)]
+            print(f"    each round against its own floor (the machine's speed can change between rounds): "
+                  f"{', '.join(f'{r:.2f}' for r in per_round)}; median {statistics.median(per_round):.2f}")
             print(f"    of which the submissions themselves (the seconds make autograde reports for each, summed): "
                   f"{host:6.2f} s per student, {host / floor:.2f} of the floor")
             print(f"    and the batch's own costs, once per batch, shared by its {len(students)} students: "

@@ -6,6 +6,7 @@ import subprocess
 
 import pytest
 
+import course_config
 from tests.conftest import ROOT, make, user_env
 
 
@@ -23,6 +24,10 @@ def test_release_and_solutions_are_current(course):
         assert sorted(fresh) == sorted(committed), f"{folder}/ has other files than `make release` makes"
         stale = [name for name in fresh if fresh[name] != committed[name]]
         assert not stale, f"{folder}/{stale} are stale against source/: run `make release` and commit"
+    # Run by the course folder's owner, it prepares this host's grading, which the first batch then reads.
+    assert "this host's grading is prepared" in result.stdout, result.stdout[-2000:]
+    prepared = sorted(p.name for p in (course / ".grading" / "templates").glob("*/*") if p.is_file())
+    assert prepared == sorted(["scaling_statistics.json"] + [f"gradebook-{a}.db" for a in course_config.ASSIGNMENTS]), prepared
 
 
 def test_release_refuses_a_leak(course):
