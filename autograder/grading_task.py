@@ -422,14 +422,17 @@ def prepare_host(folder, remove_older=True):
     first failure is raised at the end (what failed is made again where it is needed)."""
     from . import checks
 
-    steps = [lambda a=assignment: assignment_gradebook(a, folder, remove_older=remove_older)
-             for assignment in course_config.ASSIGNMENTS]
     failures = []
-    for step in steps + [lambda: checks.prepare(host_folder())]:
+
+    def attempt(make, *args, **kwargs):
         try:
-            step()
-        except Exception as err:  # noqa: BLE001 - the others are still made
+            make(*args, **kwargs)
+        except Exception as err:  # noqa: BLE001 - the other parts are still made
             failures.append(err)
+
+    for assignment in course_config.ASSIGNMENTS:
+        attempt(assignment_gradebook, assignment, folder, remove_older=remove_older)
+    attempt(checks.prepare, host_folder())
     if failures:
         raise failures[0]
 
