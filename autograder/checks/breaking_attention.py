@@ -55,13 +55,18 @@ STATISTIC_WORDS = {"max_weight": "the mean largest weight per row", "entropy": "
 
 # --- compare_masking ----------------------------------------------------------
 CHECK_CORPUS = {"seed": 1, "num_sentences": 120}  # a shorter corpus than the notebook's: seconds to train
-CHECK_STEPS, CHECK_SEED, REPEAT_STEPS = 150, 3, 20
+# Steps of the two calls: the fewest at which every rule below still holds with room to spare for the
+# solution over seeds 0-8 (benchmarks/masking_check_margins.py, which also times them: one submission's
+# calls take about half what they took at 150 and 20 steps). A model that has trained a little shows the
+# lesson more clearly, not less: the cheaters copy the next character within a few dozen steps.
+CHECK_STEPS, CHECK_SEED, REPEAT_STEPS = 80, 3, 10
 OTHER_CORPUS = {"seed": 2, "num_sentences": 120}
 # nats: the causal model's training loss after CHECK_STEPS is far below its loss after REPEAT_STEPS
-# (about 0.74 vs 1.94 here); a model that trains at all shows it, a table of losses does not.
+# (about 1.06 vs 2.19 here, at least 1.03 apart over seeds 0-8); a model that trains at all shows it,
+# a table of losses does not.
 TRAINING_PROGRESS = 0.3
-HONEST_MARGIN = 1.0  # nats: the cheaters' honest loss is far above the causal model's (about 5 vs 0.8 here)
-CHEAT_MARGIN = 0.3  # nats: the cheaters' training loss is far below the causal model's (about 0.1 vs 0.8)
+HONEST_MARGIN = 1.0  # nats: the cheaters' honest loss is far above the causal model's (about 6 vs 1.0 here)
+CHEAT_MARGIN = 0.3  # nats: the cheaters' training loss is far below the causal model's (about 0.13 vs 1.06)
 MODELS = ("causal", "none", "reverse")
 
 
