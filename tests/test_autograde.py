@@ -142,7 +142,6 @@ def test_written_answers_wait_for_a_ta_in_the_gradebook(graded_course):
 
 def test_every_check_is_recorded_in_the_gradebook(graded_course):
     root, _, _ = graded_course
-    points = check_points()
     with Gradebook(f"sqlite:///{root / 'gradebook.db'}") as gb:
         notebook = gb.find_submission_notebook(NB1, "attention_surgeon", "correct")
         scores = {g.name: g.auto_score for g in notebook.grades}
