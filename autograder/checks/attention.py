@@ -191,7 +191,7 @@ def attention_fully_masked_rows(student):
         expect_finite(weights, "weights", call_text)
         expect_exactly_zero(weights, rows, "weights", call_text)
         expect_exactly_zero(output, rows, "output", call_text)
-        expect_matches_reference(student, case)
+        expect_attention_close(case, output, weights, call_text)  # the same call's values: no second call
         expect_gradients_match(student, case, rows=rows)
 
     @given_cases(attention_inputs(mask_kind="fully_masked_bool", broadcast=False))
