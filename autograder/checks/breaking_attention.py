@@ -55,10 +55,11 @@ STATISTIC_WORDS = {"max_weight": "the mean largest weight per row", "entropy": "
 
 # --- compare_masking ----------------------------------------------------------
 CHECK_CORPUS = {"seed": 1, "num_sentences": 120}  # a shorter corpus than the notebook's: seconds to train
-# Steps of the two calls: the fewest at which every rule below still holds with room to spare for the
-# solution over seeds 0-8 (benchmarks/masking_check_margins.py, which also times them: one submission's
-# calls take about half what they took at 150 and 20 steps). A model that has trained a little shows the
-# lesson more clearly, not less: the cheaters copy the next character within a few dozen steps.
+# Steps of the two calls. At 80 and 10, every rule below holds for the solution over seeds 0-8 with at
+# least 2.9 times the margin it asks; benchmarks/masking_check_margins.py measures the margins and times
+# the calls (one submission's calls take about half what they took at 150 and 20 steps). A model that has
+# trained a little shows the lesson more clearly, not less: the cheaters copy the next character within
+# a few dozen steps, while the causal model is still learning.
 CHECK_STEPS, CHECK_SEED, REPEAT_STEPS = 80, 3, 10
 OTHER_CORPUS = {"seed": 2, "num_sentences": 120}
 # nats: the causal model's training loss after CHECK_STEPS is far below its loss after REPEAT_STEPS
