@@ -9,10 +9,11 @@ another order is like another seed), and prints for each pair of step counts:
 
   progress  causal train loss after REPEAT_STEPS minus after CHECK_STEPS   (the check wants >= TRAINING_PROGRESS)
   learned   ln(vocabulary) minus the causal model's honest loss           (> 0)
-  cheat     causal train loss minus the lower of the cheaters'             (>= CHEAT_MARGIN)
+  cheat     causal train loss minus the higher of the cheaters'            (>= CHEAT_MARGIN)
   honest    the lower cheater's honest loss minus the causal model's       (>= HONEST_MARGIN)
 
-and the seconds the calls one submission's checks make take here (one CPU thread, like the sandbox).
+and how long the five calls that the two checks make for one submission take here (one CPU thread, as in
+the sandbox).
 
 Run:  .venv/bin/python benchmarks/masking_check_margins.py [--steps 150,20 80,10] [--seeds 0-8]
 """
