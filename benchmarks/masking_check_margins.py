@@ -12,8 +12,8 @@ another order is like another seed), and prints for each pair of step counts:
   cheat     causal train loss minus the higher of the cheaters'            (>= CHEAT_MARGIN)
   honest    the lower cheater's honest loss minus the causal model's       (>= HONEST_MARGIN)
 
-and how long the five calls that the two checks make for one submission take here (one CPU thread, as in
-the sandbox).
+and how long the two checks take for one submission here, run against the solution in this process
+(one CPU thread, as in the sandbox), with the steps set to the pair's.
 
 Run:  .venv/bin/python benchmarks/masking_check_margins.py [--steps 150,20 80,10] [--seeds 0-8]
 """
@@ -31,9 +31,12 @@ sys.path.insert(0, str(ROOT / "source" / "attention_surgeon"))  # make_corpus, a
 import torch  # noqa: E402
 
 from autograder.checks import breaking_attention as checks  # noqa: E402
+from autograder.checks import run_checks  # noqa: E402
+from autograder.student import InProcessStudent  # noqa: E402
 from tests.students import NB3, reference_answers, source_notebook  # noqa: E402
 
 CELLS = ("setup", "masks_from_notebook_1", "char_lm", "train_char_lm", "compare_masking")
+CHECKS = ["compare_masking_shows_the_cheaters", "compare_masking_is_repeatable"]
 
 
 def solution_namespace():
@@ -47,12 +50,12 @@ def solution_namespace():
     return namespace
 
 
-def calls_of_one_submission(long_steps, short_steps):
-    """The compare_masking calls the two checks make for one submission: (steps, seed, corpus)."""
-    seed = checks.CHECK_SEED
-    return [(long_steps, seed, checks.CHECK_CORPUS), (short_steps, seed, checks.CHECK_CORPUS),
-            (short_steps, seed, checks.CHECK_CORPUS), (short_steps, seed + 1, checks.CHECK_CORPUS),
-            (short_steps, seed, checks.OTHER_CORPUS)]
+def run_the_checks(namespace, long_steps, short_steps):
+    """{check: status} of the two compare_masking checks with these steps, against `namespace`'s
+    functions (a fresh student each time: no call is reused from an earlier run)."""
+    checks.CHECK_STEPS, checks.REPEAT_STEPS = long_steps, short_steps
+    verdicts = run_checks(CHECKS, InProcessStudent(namespace))
+    return {name: verdict.status for name, verdict in verdicts.items()}
 
 
 def margins(compare_masking, text, long_steps, short_steps, seed):
@@ -77,23 +80,24 @@ def main():
     parser.add_argument("--rounds", type=int, default=3, help="timings of one submission's calls per pair")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    compare_masking = solution_namespace()["compare_masking"]
+    namespace = solution_namespace()
+    compare_masking = namespace["compare_masking"]
     text = checks.check_corpus()
     compare_masking(text, steps=2, seed=0)  # torch's first-call costs, outside every timing
     wanted = {"progress": checks.TRAINING_PROGRESS, "learned": 0.0, "cheat": checks.CHEAT_MARGIN,
               "honest": checks.HONEST_MARGIN}
     pairs = [tuple(int(n) for n in pair.split(",")) for pair in args.steps]
-    seconds = {pair: [] for pair in pairs}
+    seconds, statuses = {pair: [] for pair in pairs}, {}
     for _ in range(args.rounds):  # alternated, so a change of the machine's speed reaches every pair
         for pair in pairs:
             started = time.perf_counter()
-            for steps, seed, corpus in calls_of_one_submission(*pair):
-                compare_masking(checks.check_corpus(tuple(corpus.items())), steps=steps, seed=seed)
+            statuses[pair] = run_the_checks(namespace, *pair)
             seconds[pair].append(time.perf_counter() - started)
     for long_steps, short_steps in pairs:
         found = [margins(compare_masking, text, long_steps, short_steps, seed) for seed in args.seeds]
-        print(f"CHECK_STEPS={long_steps}, REPEAT_STEPS={short_steps}: one submission's calls "
-              f"{statistics.median(seconds[long_steps, short_steps]):.2f} s (median of {args.rounds})")
+        print(f"CHECK_STEPS={long_steps}, REPEAT_STEPS={short_steps}: one submission's checks "
+              f"{statistics.median(seconds[long_steps, short_steps]):.2f} s (median of {args.rounds}); "
+              f"the solution's verdicts: {statuses[long_steps, short_steps]}")
         for name, least in wanted.items():
             values = [m[name] for m in found]
             print(f"  {name:8s} smallest {min(values):6.3f} over seeds {args.seeds[0]}-{args.seeds[-1]} "
