@@ -13,10 +13,9 @@ import signal
 import socket
 import struct
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
-
-import torch
 
 import course_config
 
@@ -76,13 +75,14 @@ class Outcome:
 
 def encode_argument(value, requires_grad=False, device="cpu"):
     """Describe an argument for the worker: tensors keep their dtype; grad and device ride along."""
-    if isinstance(value, torch.Tensor):
+    torch = sys.modules.get("torch")  # not imported here for a caller without tensors (the preflight)
+    if torch is not None and isinstance(value, torch.Tensor):
         spec = describe(value.detach())
         spec.update(requires_grad=bool(requires_grad and value.is_floating_point()), device=device)
         return spec
     if isinstance(value, Handle):
         return protocol.encode_handle(value.id)
-    if isinstance(value, torch.Generator):  # only its seed travels: checks pass freshly seeded generators
+    if torch is not None and isinstance(value, torch.Generator):  # only its seed travels: checks pass freshly seeded generators
         return protocol.encode_generator(value.initial_seed())
     if isinstance(value, Allocates):
         return value.spec()

@@ -146,10 +146,10 @@ def _short(text):
 
 def describe(value, depth=0):
     """A JSON-able description of whatever a student's function returned."""
-    import torch
+    torch = sys.modules.get("torch")  # never import torch just to ask: without it there is no tensor
 
     try:
-        if isinstance(value, torch.Tensor):
+        if torch is not None and isinstance(value, torch.Tensor):
             return _describe_tensor(value)
         if _is_figure(value):
             return _describe_figure(value)
