@@ -10,6 +10,7 @@ course_config.py. Its process cap is a cgroup where the grader may make one
 (root), and RLIMIT_NPROC in its own user namespace where it may not (an
 ordinary grader account, as on JupyterHub): see `process_cap`.
 """
+import errno
 import json
 import logging
 import os
@@ -34,6 +35,7 @@ log = logging.getLogger(__name__)
 
 WORKER_DIR = Path(__file__).resolve().parent / "sandboxed_worker"
 SANDBOX_WORKER_DIR = "/grader"  # where the worker's files appear inside the sandbox
+TEMPLATE_SCRIPT = f"{SANDBOX_WORKER_DIR}/kernel.py"  # a submission's kernel template runs it with --template
 
 
 class SandboxUnavailable(RuntimeError):
@@ -340,17 +342,72 @@ def sandbox_root(launched_pid, timeout=30.0):
     raise RuntimeError("the kernel's sandbox did not start")
 
 
+# Linux shares the CPU between sessions first (autogroups, sched(7)): a process's nice value counts only
+# against the other processes of its own session, and every sandbox is a session of its own (bwrap
+# --new-session). So a sandbox that is not what the grader waits for now (the kernel template of the next
+# submission, the sandbox check) is put in the background through its session: /proc/<pid>/autogroup.
+BACKGROUND_NICE = 19  # the lowest priority: the CPU time nothing else of the host wants
+# An unprivileged process may change an autogroup's priority once per 100 ms, host-wide (EAGAIN before).
+AUTOGROUP_RETRY_S = 0.5
+
+
+def set_session_priority(pid, nice):
+    """The CPU priority of the session (autogroup) of host process `pid`, a sandboxed process, set to
+    `nice` (0: the normal; BACKGROUND_NICE). Never this process's own session. True if it was set; False
+    where the host has no autogroups, refuses, or `pid` has ended (the priority stays as it was)."""
+    try:
+        if os.getsid(pid) == os.getsid(0):
+            return False
+    except OSError:
+        return False
+    deadline = time.monotonic() + AUTOGROUP_RETRY_S
+    while True:
+        try:
+            with open(f"/proc/{pid}/autogroup", "w") as autogroup:
+                autogroup.write(str(nice))
+            return True
+        except OSError as err:
+            if err.errno != errno.EAGAIN or time.monotonic() >= deadline:
+                return False
+            time.sleep(0.02)
+
+
+def sandboxed_python(launched, script, timeout):
+    """The host's pid of the Python process running `script` (its path in the sandbox) that `launched`
+    (the Popen of a `limited_command`) started, once it runs; None if it is not there within `timeout`
+    seconds, or `launched` has ended."""
+    deadline = time.monotonic() + timeout
+    while True:
+        waiting = [launched.pid]
+        while waiting:
+            pid = waiting.pop()
+            try:
+                argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if script.encode() in argv[1:4]:  # python [-s -E] <script>: not bwrap's own command line
+                return pid
+            waiting += _children(pid)
+        if time.monotonic() >= deadline or launched.poll() is not None:
+            return None
+        time.sleep(0.005)
+
+
 def python_executable():
     """The venv's interpreter by its real path: the one path the sandbox can see it under."""
     return os.path.join(os.path.realpath(sys.prefix), "bin", "python")
+
+
+def worker_script():
+    """The path of worker.py on a worker's command line: in the sandbox, or the host's with it off."""
+    return f"{SANDBOX_WORKER_DIR if sandbox_enabled() else WORKER_DIR}/worker.py"
 
 
 def worker_command(cap, purpose="checks"):
     """The command line of a sandboxed worker (autograder/sandboxed_worker/worker.py). `purpose` (checks,
     preflight, ...) is its one argument: the worker ignores it; `ps` shows it."""
     prefix = sandbox_prefix(extra_ro_binds=[(WORKER_DIR, SANDBOX_WORKER_DIR)])
-    worker_dir = SANDBOX_WORKER_DIR if prefix else str(WORKER_DIR)
-    return limited_command(prefix, [python_executable(), "-s", "-E", f"{worker_dir}/worker.py", purpose], cap)
+    return limited_command(prefix, [python_executable(), "-s", "-E", worker_script(), purpose], cap)
 
 
 # A Unix socket path holds at most 107 bytes; the kernel's sockets are "<dir>/kernel-<port>".
@@ -385,25 +442,40 @@ class SubmissionTemplate:
     Starting it takes seconds (its imports): `__init__` returns at once and `ready` waits for it. So a
     grading process can start the template of its next submission (`start_next_template`) while it
     grades the current one, in a sandbox whose /assignment is an empty folder that receives the next
-    submission's files when it comes.
+    submission's files when it comes. Such a template is started in the `background`, at the host's
+    lowest CPU priority (`set_session_priority`), so its imports take no core from the submission being
+    graded; it is back at the normal priority (`foreground`) once its submission takes it.
     """
 
     START_TIMEOUT_S = 60  # the template's imports (a few seconds)
+    PRIORITY_TIMEOUT_S = 5  # for its Python process to be there, its priority set (bwrap's start: milliseconds)
     FORK_TIMEOUT_S = 10  # a fork takes milliseconds
     MAX_REPLY_BYTES = 4096
 
-    def __init__(self, assignment_dir):
+    def __init__(self, assignment_dir, background=False):
         self.cap = process_cap()
         self.folder = Path(assignment_dir)
         prefix = sandbox_prefix(extra_ro_binds=[(assignment_dir, SANDBOX_ASSIGNMENT_DIR), (WORKER_DIR, SANDBOX_WORKER_DIR)],
                                 extra_tmpfs=[TEMPLATE_WORK_DIR, (SANDBOX_IPC_DIR, SANDBOX_IPC_BYTES)],
                                 chdir=TEMPLATE_WORK_DIR)
-        command = [python_executable(), f"{SANDBOX_WORKER_DIR}/kernel.py", "--template", f"{SANDBOX_IPC_DIR}/template"]
+        command = [python_executable(), TEMPLATE_SCRIPT, "--template", f"{SANDBOX_IPC_DIR}/template"]
         self.process = subprocess.Popen(limited_command(prefix, command, self.cap), stdin=subprocess.DEVNULL,
                                         env=sandbox_environment(home=TEMPLATE_WORK_DIR), start_new_session=True)
         self.forked = 0
         self._replies = b""
         self._control = None
+        self.background = background and self._set_priority(BACKGROUND_NICE)
+
+    def _set_priority(self, nice):
+        pid = sandboxed_python(self.process, TEMPLATE_SCRIPT, self.PRIORITY_TIMEOUT_S)
+        return pid is not None and set_session_priority(pid, nice)
+
+    def foreground(self):
+        """Back to the normal CPU priority (a template started in the background, now its submission's)."""
+        if self.background and not self._set_priority(0):
+            log.warning("the kernel template's priority could not be set back to normal; its submission may "
+                        "wait for it while the host is busy")
+        self.background = False
 
     def ready(self):
         """Wait until the template has made its imports and listens (at once if it already does); raise
@@ -476,14 +548,10 @@ class SubmissionTemplate:
 
     def _find_template_pid(self):
         """The host's pid of the template's Python process (bwrap's descendant that runs kernel.py)."""
-        waiting = [self.process.pid]
-        while waiting:
-            pid = waiting.pop()
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-            if argv[1:3] == [f"{SANDBOX_WORKER_DIR}/kernel.py".encode(), b"--template"]:  # not bwrap's own
-                return pid
-            waiting += _children(pid)
-        raise ProcessLookupError("the template's process is not there")
+        pid = sandboxed_python(self.process, TEMPLATE_SCRIPT, timeout=0)
+        if pid is None:
+            raise ProcessLookupError("the template's process is not there")
+        return pid
 
     def alive(self):
         return self.process.poll() is None
@@ -565,14 +633,15 @@ NEXT_SUBMISSION_PREFIX = "next-submission-"  # + the grading process's pid: that
 def start_next_template(scratch):
     """Start, now, the kernel template of the next submission this process will grade, in a sandbox whose
     /assignment is a new empty folder in `scratch`: it makes its imports (seconds) while this process
-    grades the current submission or waits for the next. The next submission that starts a kernel gets
-    it (`submission_template`), with that submission's files; it serves no other submission. Nothing
-    happens with the sandbox off, or when one is started already."""
+    grades the current submission or waits for the next, in the background (the host's lowest CPU
+    priority). The next submission that starts a kernel gets it (`submission_template`), with that
+    submission's files, at the normal priority again; it serves no other submission. Nothing happens
+    with the sandbox off, or when one is started already."""
     if _next["template"] is not None or not sandbox_enabled():
         return
     folder = Path(tempfile.mkdtemp(prefix=f"{NEXT_SUBMISSION_PREFIX}{os.getpid()}-", dir=scratch))
     try:
-        _next["template"] = SubmissionTemplate(folder)
+        _next["template"] = SubmissionTemplate(folder, background=True)
     except (OSError, subprocess.SubprocessError) as err:
         log.warning("the next submission's kernel template did not start (%s); it starts with the submission", err)
         shutil.rmtree(folder, ignore_errors=True)
@@ -606,6 +675,7 @@ def _take_next_template(assignment_dir):
         log.warning("the submission's files could not be given to its kernel template (%s); another starts", err)
         _end_started_ahead(template)
         return None
+    template.foreground()  # what the grader waits for now
     return template
 
 
