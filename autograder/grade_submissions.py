@@ -59,7 +59,7 @@ from .grading_task import (encode_request, failed_result, grade_submission, pack
                            start_grading_process, submission_key)
 from .nbgrader_cli import validate_metadata_against_a_checked_schema
 from .safe_text import one_line
-from .sandbox import BACKGROUND_NICE, SandboxUnavailable, sweep_leftovers
+from .sandbox import SandboxUnavailable, sweep_leftovers
 
 log = logging.getLogger("attention_surgeon.grade_submissions")
 IN_FLIGHT_PER_WORKER = 2  # submissions sent ahead to each worker thread of the cluster
@@ -688,31 +688,6 @@ def generate_assignments(assignments):
     return None
 
 
-def in_the_background(function, *args):
-    """function(*args), in a thread of its own at the lowest CPU priority (on Linux a thread's nice value is
-    its own, and this process shares its session's CPU with the grading processes it started), so that
-    the first submission's grading process makes its imports first; its result, or its exception. A
-    thread made for it: an unprivileged process cannot set a thread's priority back."""
-    outcome = {}
-
-    def run():
-        try:
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BACKGROUND_NICE)
-        except OSError:
-            pass  # at the normal priority, then
-        try:
-            outcome["value"] = function(*args)
-        except BaseException as err:  # noqa: BLE001 - handed to the caller
-            outcome["error"] = err
-
-    thread = threading.Thread(target=run, name="in-the-background")
-    thread.start()
-    thread.join()
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["value"]
-
-
 def arguments(argv):
     parser = argparse.ArgumentParser(prog="make autograde", description="Grade the submissions under submitted/.")
     parser.add_argument("--student", default="", help="only these students (comma-separated ids)")
@@ -759,7 +734,7 @@ def main(argv=()):
                 """Once the first submissions are being graded: the gradebook learns the assignments and
                 the sandbox check is awaited. Nothing is written before both succeeded."""
                 with steps.step("the gradebook learns the assignments, the sandbox checked (beside grading)"):
-                    generated = in_the_background(generate_assignments, assignments)
+                    generated = generate_assignments(assignments)
                     refused = sandbox_works.result()
                 if generated:
                     raise BatchStopped(f"GRADING FAILED: {one_line(generated, 4000)}")

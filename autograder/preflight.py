@@ -54,8 +54,7 @@ def preflight():
     finally:
         cap.kill_all()  # an empty group, removed: a batch leaves nothing behind
     most = course_config.MAX_PROCESSES + PROBE_MARGIN
-    # In the background: a batch checks this beside its first submission's grading (grade_submissions.py).
-    with SandboxedStudent([PROBE_CODE], purpose="preflight", background=True) as probe:
+    with SandboxedStudent([PROBE_CODE], purpose="preflight") as probe:
         try:
             outcome = probe.call("ping")
             started = probe.call("start_threads", most).value

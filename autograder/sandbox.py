@@ -21,6 +21,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 import weakref
@@ -342,42 +343,56 @@ def sandbox_root(launched_pid, timeout=30.0):
     raise RuntimeError("the kernel's sandbox did not start")
 
 
-# Linux shares the CPU between sessions first (autogroups, sched(7)): a process's nice value counts only
-# against the other processes of its own session, and every sandbox is a session of its own (bwrap
-# --new-session). So a sandbox that is not what the grader waits for now (the kernel template of the next
-# submission, the sandbox check) is put in the background through its session: /proc/<pid>/autogroup.
+# Linux shares the CPU between sessions first (autogroups, sched(7), where the kernel schedules by them:
+# kernel.sched_autogroup_enabled, and no CPU cgroup of a container or a systemd slice over them): a process's
+# nice value counts only against the other processes of its own session, and every sandbox is a session
+# of its own (bwrap --new-session). So the kernel template of the next submission, which the grader does
+# not wait for yet, is put in the background through its session: /proc/<pid>/autogroup.
 BACKGROUND_NICE = 19  # the lowest priority: the CPU time nothing else of the host wants
-# An unprivileged process may change an autogroup's priority once per 100 ms, host-wide (EAGAIN before).
+# Without CAP_SYS_ADMIN, one autogroup change per 100 ms is allowed host-wide (EAGAIN before): tried again
+# for this long.
 AUTOGROUP_RETRY_S = 0.5
 
 
-def set_session_priority(pid, nice):
-    """The CPU priority of the session (autogroup) of host process `pid`, a sandboxed process, set to
-    `nice` (0: the normal; BACKGROUND_NICE). Never this process's own session. True if it was set; False
-    where the host has no autogroups, refuses, or `pid` has ended (the priority stays as it was)."""
+def process_folder(pid):
+    """A handle (a directory fd) on /proc/<pid>: what is read or written through it is that process's,
+    or fails once it has ended, even if its pid is used again. None if it has ended already."""
     try:
-        if os.getsid(pid) == os.getsid(0):
-            return False
+        return os.open(f"/proc/{pid}", os.O_RDONLY | os.O_DIRECTORY)
     except OSError:
+        return None
+
+
+def set_session_priority(folder, nice, stop=None):
+    """Set the CPU priority of the session (autogroup) of the process whose /proc folder `folder` is
+    (`process_folder`) to `nice` (0: the normal; BACKGROUND_NICE), unless that session is this process's
+    own. True once set; False if the host refuses, the process has ended, or `stop` (an Event) is set."""
+    try:
+        with open(os.open("stat", os.O_RDONLY, dir_fd=folder)) as stat:  # "pid (comm) state ppid pgrp session ..."
+            session = int(stat.read().rsplit(")", 1)[1].split()[3])
+        if session == os.getsid(0):
+            return False
+    except (OSError, ValueError, IndexError):
         return False
     deadline = time.monotonic() + AUTOGROUP_RETRY_S
-    while True:
+    while stop is None or not stop.is_set():
         try:
-            with open(f"/proc/{pid}/autogroup", "w") as autogroup:
+            with open(os.open("autogroup", os.O_WRONLY, dir_fd=folder), "w") as autogroup:
                 autogroup.write(str(nice))
             return True
         except OSError as err:
             if err.errno != errno.EAGAIN or time.monotonic() >= deadline:
                 return False
             time.sleep(0.02)
+    return False
 
 
-def sandboxed_python(launched, script, timeout):
+def sandboxed_python(launched, script, timeout, stop=None):
     """The host's pid of the Python process running `script` (its path in the sandbox) that `launched`
     (the Popen of a `limited_command`) started, once it runs; None if it is not there within `timeout`
-    seconds, or `launched` has ended."""
+    seconds, `launched` has ended, or `stop` (an Event) is set."""
     deadline = time.monotonic() + timeout
-    while True:
+    while stop is None or not stop.is_set():
         waiting = [launched.pid]
         while waiting:
             pid = waiting.pop()
@@ -391,6 +406,7 @@ def sandboxed_python(launched, script, timeout):
         if time.monotonic() >= deadline or launched.poll() is not None:
             return None
         time.sleep(0.005)
+    return None
 
 
 def python_executable():
@@ -398,16 +414,12 @@ def python_executable():
     return os.path.join(os.path.realpath(sys.prefix), "bin", "python")
 
 
-def worker_script():
-    """The path of worker.py on a worker's command line: in the sandbox, or the host's with it off."""
-    return f"{SANDBOX_WORKER_DIR if sandbox_enabled() else WORKER_DIR}/worker.py"
-
-
 def worker_command(cap, purpose="checks"):
     """The command line of a sandboxed worker (autograder/sandboxed_worker/worker.py). `purpose` (checks,
     preflight, ...) is its one argument: the worker ignores it; `ps` shows it."""
     prefix = sandbox_prefix(extra_ro_binds=[(WORKER_DIR, SANDBOX_WORKER_DIR)])
-    return limited_command(prefix, [python_executable(), "-s", "-E", worker_script(), purpose], cap)
+    worker_dir = SANDBOX_WORKER_DIR if prefix else str(WORKER_DIR)
+    return limited_command(prefix, [python_executable(), "-s", "-E", f"{worker_dir}/worker.py", purpose], cap)
 
 
 # A Unix socket path holds at most 107 bytes; the kernel's sockets are "<dir>/kernel-<port>".
@@ -443,12 +455,13 @@ class SubmissionTemplate:
     grading process can start the template of its next submission (`start_next_template`) while it
     grades the current one, in a sandbox whose /assignment is an empty folder that receives the next
     submission's files when it comes. Such a template is started in the `background`, at the host's
-    lowest CPU priority (`set_session_priority`), so its imports take no core from the submission being
-    graded; it is back at the normal priority (`foreground`) once its submission takes it.
+    lowest CPU priority (`set_session_priority`, from a thread of this process), so its imports yield the
+    cores to the submission being graded; it is back at the normal priority (`foreground`) once its
+    submission takes it.
     """
 
     START_TIMEOUT_S = 60  # the template's imports (a few seconds)
-    PRIORITY_TIMEOUT_S = 5  # for its Python process to be there, its priority set (bwrap's start: milliseconds)
+    PRIORITY_TIMEOUT_S = 5  # for its Python process to be there (bwrap's start: about 30 ms measured)
     FORK_TIMEOUT_S = 10  # a fork takes milliseconds
     MAX_REPLY_BYTES = 4096
 
@@ -464,18 +477,41 @@ class SubmissionTemplate:
         self.forked = 0
         self._replies = b""
         self._control = None
-        self.background = background and self._set_priority(BACKGROUND_NICE)
+        self._folder = None  # /proc/<pid> of its Python process, once it is put in the background
+        self._lowering = None
+        if background:  # by a thread: the grading process does not wait for bwrap's start, nor for the host
+            self._stop_lowering = threading.Event()
+            self._lowering = threading.Thread(target=self._lower, name="template-priority", daemon=True)
+            self._lowering.start()
 
-    def _set_priority(self, nice):
-        pid = sandboxed_python(self.process, TEMPLATE_SCRIPT, self.PRIORITY_TIMEOUT_S)
-        return pid is not None and set_session_priority(pid, nice)
+    def _lower(self):
+        pid = sandboxed_python(self.process, TEMPLATE_SCRIPT, self.PRIORITY_TIMEOUT_S, stop=self._stop_lowering)
+        folder = process_folder(pid) if pid is not None else None
+        if folder is not None and set_session_priority(folder, BACKGROUND_NICE, stop=self._stop_lowering):
+            self._folder = folder
+        elif folder is not None:
+            os.close(folder)
+
+    def _end_lowering(self):
+        """The thread that puts it in the background ended (at once: it stops waiting when told); the
+        /proc handle of its Python process if it did."""
+        if self._lowering is not None:
+            self._stop_lowering.set()
+            self._lowering.join()
+            self._lowering = None
+        folder, self._folder = self._folder, None
+        return folder
 
     def foreground(self):
-        """Back to the normal CPU priority (a template started in the background, now its submission's)."""
-        if self.background and not self._set_priority(0):
-            log.warning("the kernel template's priority could not be set back to normal; its submission may "
-                        "wait for it while the host is busy")
-        self.background = False
+        """The normal CPU priority again, for a template started in the background that its submission
+        now takes. False if it stays in the background (the host refused the change)."""
+        folder = self._end_lowering()
+        if folder is None:  # never in the background
+            return True
+        try:
+            return set_session_priority(folder, 0)
+        finally:
+            os.close(folder)
 
     def ready(self):
         """Wait until the template has made its imports and listens (at once if it already does); raise
@@ -558,6 +594,9 @@ class SubmissionTemplate:
 
     def close(self):
         """Kill the template, every kernel it forked and everything they started (again: harmless)."""
+        folder = self._end_lowering()
+        if folder is not None:
+            os.close(folder)
         try:
             os.killpg(self.process.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
@@ -675,7 +714,10 @@ def _take_next_template(assignment_dir):
         log.warning("the submission's files could not be given to its kernel template (%s); another starts", err)
         _end_started_ahead(template)
         return None
-    template.foreground()  # what the grader waits for now
+    if not template.foreground():  # it would hold its submission up while the host is busy: another starts
+        log.warning("the kernel template started ahead could not be given the normal CPU priority; another starts")
+        _end_started_ahead(template)
+        return None
     return template
 
 

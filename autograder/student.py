@@ -19,8 +19,7 @@ from dataclasses import dataclass, field
 
 import course_config
 
-from .sandbox import (BACKGROUND_NICE, pid_namespace, process_cap, sandbox_environment, sandboxed_python,
-                      set_session_priority, worker_command, worker_script)
+from .sandbox import pid_namespace, process_cap, sandbox_environment, worker_command
 from .time_budget import call_deadline, first_to_end, submission_deadline
 from .sandboxed_worker import protocol
 from .sandboxed_worker.protocol import decode_value, describe
@@ -209,21 +208,14 @@ class LineChannel:
 
 class WorkerProcess(LineChannel):
     """A sandboxed worker (sandboxed_worker/worker.py) started here: requests on its stdin, replies on
-    its stdout. `purpose` names it on its command line (what `ps` shows; what a test counts). One started
-    in the `background` runs at the host's lowest CPU priority (sandbox.set_session_priority)."""
+    its stdout. `purpose` names it on its command line (what `ps` shows; what a test counts)."""
 
-    PRIORITY_TIMEOUT_S = 5  # for its Python process to be there, its priority set
-
-    def __init__(self, purpose, background=False):
+    def __init__(self, purpose):
         self._cap = process_cap()
         self._process = subprocess.Popen(
             worker_command(self._cap, purpose), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, env=sandbox_environment(), start_new_session=True, bufsize=0)
         super().__init__(self._process.stdout.fileno())
-        if background:
-            pid = sandboxed_python(self._process, worker_script(), self.PRIORITY_TIMEOUT_S)
-            if pid is not None:
-                set_session_priority(pid, BACKGROUND_NICE)
 
     def send(self, message):
         self._process.stdin.write(protocol.dumps(message))
@@ -328,7 +320,7 @@ class SandboxedStudent(StudentCode):
     """
 
     def __init__(self, cells, sources=None, answers=None, kernel=None, skipped_cells=None, broken=None,
-                 purpose="checks", background=False):
+                 purpose="checks"):
         self.cells = list(cells)
         self.sources = list(sources if sources is not None else cells)
         self.answers = dict(answers) if answers is not None else None
@@ -336,7 +328,6 @@ class SandboxedStudent(StudentCode):
         self.skipped_cells = dict(skipped_cells or {})  # cell index -> why it was left out
         self.broken = broken  # why this student's code cannot be called at all
         self.purpose = purpose
-        self.background = background  # its workers run at the host's lowest CPU priority (the sandbox check)
         self._channel = kernel
 
     def _limit(self, timeout):
@@ -422,7 +413,7 @@ class SandboxedStudent(StudentCode):
 
     def _launch(self):
         try:
-            self._channel = WorkerProcess(self.purpose, self.background)
+            self._channel = WorkerProcess(self.purpose)
         except OSError as err:
             self.broken = f"the sandbox could not start: {err}"
             raise StudentUnresponsive(self.broken) from None
