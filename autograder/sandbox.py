@@ -901,7 +901,9 @@ def sandboxed_kernel_manager_class():
 
 
 def _owner_alive(name, prefix):
-    """Is the grading process named in `name` (prefix + pid + '-' + ...) still running? Unknown: yes."""
+    """Is the grading process named in `name` (prefix + pid + '-' + ...) still running? Unknown: yes.
+    A zombie is not: it has exited (its sandboxes died with it) and waits for its parent, or, killed with
+    its parent, for the host's init, to collect it, which some inits do only every few seconds."""
     try:
         pid = int(name[len(prefix):].split("-", 1)[0])
     except ValueError:
@@ -911,8 +913,16 @@ def _owner_alive(name, prefix):
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
-    return True
+        pass
+    return process_state(pid) not in ("Z", "X", None)
+
+
+def process_state(pid):
+    """The state letter of host process `pid` (R, S, D, Z for a zombie, ...; /proc/<pid>/stat), None if
+    there is none."""
+    stat = _read(f"/proc/{pid}/stat")  # "pid (comm) state ...": comm may hold spaces and parentheses
+    fields = stat.rsplit(")", 1)[-1].split()
+    return fields[0] if stat and fields else None
 
 
 def sweep_leftovers():

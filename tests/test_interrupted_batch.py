@@ -90,3 +90,28 @@ def test_a_killed_batch_leaves_nothing_after_the_next_run(course, scratch):
     assert read_grades(course) == expected
     assert tree_digest(course / "submitted") == submitted
     assert not [p for p in Path(scratch).iterdir()], "the re-run leaves its own scratch empty too"
+
+
+def test_the_sweep_counts_a_zombie_owner_as_gone(scratch, monkeypatch):
+    """A grading process killed with its parent is a zombie until the host's init collects it, which some
+    inits do only every few seconds: its sandboxes are already gone (they die with it), so the next batch's
+    sweep removes its folders and cgroups without waiting for that. A running owner's are kept."""
+    from autograder import sandbox
+
+    monkeypatch.setattr(sandbox.tempfile, "tempdir", str(scratch))
+    zombie = subprocess.Popen(["true"])  # never waited for (until the end): a zombie of this process
+    while sandbox.process_state(zombie.pid) != "Z":
+        time.sleep(0.01)
+    running = subprocess.Popen(["sleep", "60"])
+    try:
+        ours = {owner.pid: scratch / f"{IPC_PREFIX}{owner.pid}-abcd1234" for owner in (zombie, running)}
+        for folder in ours.values():
+            folder.mkdir()
+            (folder / "kernel-1").write_text("a sandbox's socket")
+        sandbox.sweep_leftovers()
+        assert not ours[zombie.pid].exists(), "a zombie owner's sandboxes have ended: its folder goes"
+        assert ours[running.pid].exists(), "a running owner's folder stays"
+    finally:
+        running.kill()
+        running.wait()
+        zombie.wait()

@@ -31,8 +31,13 @@ def in_the_background_soon(pid, within_s=5.0):
 
 def session(pid):
     """(the autogroup of host process `pid`, its nice value), as /proc/<pid>/autogroup says:
-    "/autogroup-<id> nice <n>"."""
-    name, _, nice = Path(f"/proc/{pid}/autogroup").read_text().split()
+    "/autogroup-<id> nice <n>". A process whose session began with the host (no setsid since boot, as under
+    some CI runners) is in the host's default group, the root of the scheduler, which has no priority of its
+    own: the file is empty, read here as ("/autogroup-0", 0)."""
+    fields = Path(f"/proc/{pid}/autogroup").read_text().split()
+    if not fields:
+        return "/autogroup-0", 0
+    name, _, nice = fields
     return name, int(nice)
 
 
