@@ -12,7 +12,7 @@ import logging
 import sys
 
 from .checks import REGISTRY
-from .pipeline import grading_on_cuda, hidden_check_name
+from .pipeline import gpu_grading_problem, hidden_check_name
 from .preflight import refuse_unless_sandbox_works
 from .redecide import redecide
 from .safe_text import one_line
@@ -32,12 +32,18 @@ def pending_gpu_cells(nb, grades):
 
 
 def main():
-    if not grading_on_cuda():
-        print("no CUDA on this host: the pending GPU checks stay pending; nothing was changed")
+    problem = gpu_grading_problem()
+    if problem and "sandbox" not in problem:
+        print(f"no CUDA on this host ({problem}): the pending GPU checks stay pending; nothing was changed")
         return 0
     refused = refuse_unless_sandbox_works()
     if refused:
         return refused
+    if problem:  # CUDA is here, the sandbox cannot use it: a host to mend, never 0 points for every student
+        print(f"GPU CHECKS NOT DECIDED: {one_line(problem, 1000)}. The pending GPU checks stay pending; nothing "
+              f"was changed. The address-space cap of a sandbox that reaches a GPU is MEMORY_LIMIT_MB + "
+              f"CUDA_ADDRESS_SPACE_MB (course_config.py).")
+        return 2
     filled, _, flagged = redecide(pending_gpu_cells, cuda_available=True)
     for line in flagged:
         print(f"  FLAGGED for a TA: {one_line(line, 1000)}")

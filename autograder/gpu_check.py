@@ -1,7 +1,8 @@
 """`make gpu-check`: the GPU-tagged hidden checks against the reference solution; says what ran where.
 
 Exit status 0 when every GPU check passed, or when there is no CUDA here (they are then reported as
-pending, not run); 1 when a GPU check failed on the reference solution (a bug in a check or solution).
+pending, not run); 1 when a GPU check failed on the reference solution (a bug in a check or solution), or
+when torch sees CUDA but a sandboxed worker cannot use it (the host's limits: it says why).
 """
 import platform
 import sys
@@ -13,17 +14,22 @@ import torch
 import course_config
 
 from .checks import REGISTRY, run_check
-from .pipeline import student_code
+from .pipeline import gpu_grading_problem, graded_answers, student_code, student_written_code
+from .safe_text import one_line
 from .sandbox import sandbox_enabled
 from .student import SandboxedStudent
 
 
 def main():
     gpu_checks = sorted(name for name, c in REGISTRY.items() if c.gpu)
-    cuda = torch.cuda.is_available()
+    problem = gpu_grading_problem()
+    cuda = problem is None
+    seen = torch.cuda.is_available()
     print(f"host: {platform.node()}  torch {torch.__version__}  CUDA {torch.version.cuda}  "
-          f"available: {cuda}" + (f"  device: {torch.cuda.get_device_name(0)}" if cuda else ""))
+          f"available: {seen}" + (f"  device: {torch.cuda.get_device_name(0)}" if seen else ""))
     print(f"student code runs in: {'a bubblewrap sandbox' if sandbox_enabled() else 'a plain process (sandbox off)'}")
+    if seen and not cuda:
+        print(f"GPU checks not run: {one_line(problem, 1000)}")
     failed = 0
     solutions = course_config.COURSE_ROOT / "solutions"
     for path in sorted(p for a in course_config.ASSIGNMENTS for p in (solutions / a).glob("*.ipynb")):
@@ -31,7 +37,10 @@ def main():
         if not names:
             continue
         print(f"{path.name}: reference solution, {len(names)} GPU check(s)")
-        with SandboxedStudent(student_code(nbformat.read(path, as_version=4))) as student:
+        nb = nbformat.read(path, as_version=4)
+        # As the grader builds it: the static scan reads the cells a student fills in, not the solution's
+        # scratch cells that compare with PyTorch's own attention.
+        with SandboxedStudent(student_code(nb), sources=student_written_code(nb), answers=graded_answers(nb)) as student:
             for name in names:
                 started = time.monotonic()
                 verdict = run_check(name, student, cuda_available=cuda)
@@ -40,9 +49,9 @@ def main():
                 if verdict.status == "failed":
                     failed += 1
                     print("    " + verdict.message.replace("\n", "\n    "))
-    if not cuda:
+    if not seen:
         print("CUDA is not available: the GPU checks stay pending here. Run `make gpu-check` on a CUDA host.")
-    return 1 if failed else 0
+    return 1 if failed or (seen and not cuda) else 0
 
 
 if __name__ == "__main__":

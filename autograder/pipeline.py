@@ -243,11 +243,27 @@ class SandboxedExecute(Execute):
             "error", ename=ename, evalue=message, traceback=[f"{ename}: {message}"]))
 
 
-def grading_on_cuda():
-    """Whether GPU checks are decided here: torch sees CUDA and course_config.GRADE_ON_CUDA allows it."""
+def gpu_grading_problem():
+    """None when GPU checks are decided here; else why not, as one line: course_config.GRADE_ON_CUDA is
+    "off", torch sees no CUDA, or CUDA does not work in a sandbox like the students' (the grader's own
+    probe, `cuda_problem_in_the_sandbox`, asked once per process and logged once)."""
     import torch
 
-    return torch.cuda.is_available() and course_config.GRADE_ON_CUDA != "off"
+    if course_config.GRADE_ON_CUDA == "off":
+        return "course_config.GRADE_ON_CUDA is off"
+    if not torch.cuda.is_available():
+        return "torch sees no CUDA device on this host"
+    from .preflight import cuda_problem_in_the_sandbox
+
+    problem = cuda_problem_in_the_sandbox()
+    if problem is None:
+        return None
+    return f"torch sees CUDA on this host, but CUDA does not work in the sandbox: {problem}"
+
+
+def grading_on_cuda():
+    """Whether GPU checks are decided here (`gpu_grading_problem`); where they are not, they stay pending."""
+    return gpu_grading_problem() is None
 
 
 # The grader's own tensors (generated inputs, float64 references, comparisons) are tiny, and it takes

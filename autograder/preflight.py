@@ -4,6 +4,7 @@ Trusted code, run once by every command that grades (`make autograde`, `make aut
 A sandbox that cannot start must stop the grading with a clear message, not score every
 student 0; a process cap that does not hold must not be found out by a fork bomb.
 """
+import functools
 import logging
 import os
 import sys
@@ -11,6 +12,7 @@ import sys
 import course_config
 
 from .sandbox import SandboxUnavailable, process_cap
+from .safe_text import one_line
 from .student import SandboxedStudent, StudentUnresponsive
 
 log = logging.getLogger("attention_surgeon.preflight")
@@ -21,6 +23,12 @@ PROBE_MARGIN = 32
 PROBE_CODE = '''
 def ping():
     return "pong"
+
+def cuda_tensor(device):
+    """A tensor made on `device` and summed there: (its device, the sum, 12.0)."""
+    import torch
+    x = torch.arange(4.0, device=device)
+    return [str(x.device), float((x * 2).sum())]
 
 def start_threads(most):
     """Start up to `most` idle threads at once; return how many started before the host said no."""
@@ -75,6 +83,31 @@ def preflight():
             f"this with ATTENTION_SURGEON_ALLOW_NO_PROCESS_CAP=yes (course_config.ALLOW_NO_PROCESS_CAP).")
     return (f"process cap: NONE (a probe started {started!r} threads; accepted because "
             f"course_config.ALLOW_NO_PROCESS_CAP is set)")
+
+
+@functools.cache
+def cuda_problem_in_the_sandbox():
+    """None when a sandboxed worker, with the limits student code gets, makes a tensor on the GPU checks'
+    device and computes with it there; else why not, as one line. Asked once per process, of a worker
+    that loads no student code: a host where torch sees CUDA but the sandbox cannot use it (its address-space
+    cap, its devices) must leave the GPU checks pending, not fail every student on them."""
+    from .checks import attention_on_cuda
+
+    device = attention_on_cuda.GPU_DEVICE
+    try:
+        with SandboxedStudent([PROBE_CODE], purpose="cuda-probe") as probe:
+            outcome = probe.call("cuda_tensor", device)
+        if outcome.raised:
+            problem = f"{outcome.raised[0]}: {outcome.raised[1]}"
+        elif not (isinstance(outcome.value, list) and len(outcome.value) == 2
+                  and str(outcome.value[0]).startswith(device) and outcome.value[1] == 12.0):
+            problem = f"a tensor made on {device} in the sandbox came back as {outcome.value!r}"
+        else:
+            return None
+    except (StudentUnresponsive, SandboxUnavailable) as err:
+        problem = f"the sandboxed worker did not answer ({err})"
+    log.warning("GPU checks stay pending: CUDA does not work in the sandbox: %s", one_line(problem, 500))
+    return problem
 
 
 def refuse_unless_sandbox_works():

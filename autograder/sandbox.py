@@ -76,7 +76,7 @@ def sandbox_prefix(extra_ro_binds=(), extra_binds=(), extra_tmpfs=(), chdir="/tm
     ]
     for home in sorted(python_homes):
         args += ["--ro-bind", home, home]
-    gpus = sorted(Path("/dev").glob("nvidia*"))
+    gpus = gpu_devices()
     for device in gpus:  # CUDA hosts: the GPU devices, and /sys read-only for the CUDA runtime
         args += ["--dev-bind", str(device), str(device)]
     if gpus:
@@ -101,6 +101,24 @@ def writable_bytes():
     return course_config.SANDBOX_WRITABLE_MB << 20
 
 
+def gpu_devices():
+    """The host's NVIDIA device files a sandbox is given: none where there are none, or where
+    course_config.GRADE_ON_CUDA is "off" (the GPU is kept free of student code)."""
+    if course_config.GRADE_ON_CUDA == "off":
+        return []
+    return sorted(Path("/dev").glob("nvidia*"))
+
+
+def address_space_bytes(gpu=None):
+    """RLIMIT_AS of a sandboxed process: MEMORY_LIMIT_MB, plus CUDA_ADDRESS_SPACE_MB where the sandbox
+    reaches a GPU (`gpu`: whether it does; asked of the host if None). A CUDA context reserves address space
+    it never fills (course_config.CUDA_ADDRESS_SPACE_MB says what was measured): under MEMORY_LIMIT_MB
+    alone CUDA does not start. There the memory the sandbox really uses is capped by a memory cgroup
+    (`CgroupProcessCap`, `memory_bytes`) where the grader may make one."""
+    gpu = bool(gpu_devices()) if gpu is None else gpu
+    return (course_config.MEMORY_LIMIT_MB + (course_config.CUDA_ADDRESS_SPACE_MB if gpu else 0)) << 20
+
+
 def sandbox_environment(home="/tmp"):
     """The environment of a process that runs student code: nothing of the grader's."""
     return {
@@ -122,26 +140,35 @@ TASK_PREFIX = "attention-surgeon-task-"  # a grading host's folder of throw-away
 
 
 class CgroupProcessCap:
-    """A cgroup 'pids' group for one sandbox: caps its processes and threads, and kills them all.
+    """A cgroup 'pids' group for one sandbox: caps its processes and threads, and kills them all. With
+    `memory_bytes` (a sandbox that reaches a GPU, `process_cap`), its 'memory' controller also caps what
+    its processes hold in RAM, their tmpfs files included: there the address-space cap must leave room for
+    CUDA's reservations (`address_space_bytes`), so it no longer bounds the memory used.
 
     Needs a pids controller this process may write to (root, cgroup v1 or v2). A
-    process joins the group by writing its pid to `procs_file` before it execs (see
+    process joins the group by writing its pid to each of `procs_files` before it execs (see
     `limited_command`); its children stay in. Where no group can be made, `available`
-    is False and `process_cap` picks another mechanism.
+    is False and `process_cap` picks another mechanism. Where the memory group cannot be made,
+    `memory_path` is None and `describe` says so.
     """
 
     ROOTS = (Path("/sys/fs/cgroup/pids"), Path("/sys/fs/cgroup"))
+    MEMORY_ROOT_V1 = Path("/sys/fs/cgroup/memory")  # cgroup v2 has one tree: the memory cap is set on `path`
+    SWEPT_ROOTS = (*ROOTS, MEMORY_ROOT_V1)  # where a grader killed mid-batch can leave groups
     prlimit_options = ()
 
-    def __init__(self, limit=None):
+    def __init__(self, limit=None, memory_bytes=None):
         self.path = None
+        self.memory_path = None
         self.limit = limit or course_config.MAX_PROCESSES
+        self.memory_bytes = memory_bytes
+        name = f"{CGROUP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}"
         for root in self.ROOTS:
             if not (root / "cgroup.procs").exists():
                 continue
             if root == Path("/sys/fs/cgroup") and "pids" not in _read(root / "cgroup.controllers"):
                 continue
-            path = root / f"{CGROUP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            path = root / name
             try:
                 path.mkdir()
                 (path / "pids.max").write_text(str(self.limit))
@@ -150,12 +177,39 @@ class CgroupProcessCap:
                 continue
             self.path = path
             break
+        if self.path is not None and memory_bytes:
+            self.memory_path = self._memory_group(name, memory_bytes)
+
+    def _memory_group(self, name, memory_bytes):
+        """The group whose memory controller caps the sandbox at `memory_bytes` (no swap), or None."""
+        if self.path.parent == Path("/sys/fs/cgroup"):  # v2: the same group
+            if "memory" not in _read(self.path.parent / "cgroup.subtree_control").split():
+                return None
+            path, limits = self.path, {"memory.max": memory_bytes, "memory.swap.max": 0}
+        elif (self.MEMORY_ROOT_V1 / "cgroup.procs").exists():
+            path = self.MEMORY_ROOT_V1 / name
+            limits = {"memory.limit_in_bytes": memory_bytes, "memory.memsw.limit_in_bytes": memory_bytes}
+            try:
+                path.mkdir()
+            except OSError:
+                return None
+        else:
+            return None
+        for index, (knob, value) in enumerate(limits.items()):
+            try:
+                (path / knob).write_text(str(value))
+            except OSError:
+                if index == 0:  # the cap itself; the swap knob exists only where swap is accounted
+                    if path != self.path:
+                        path.rmdir()
+                    return None
+        return path
 
     @classmethod
     def existing(cls, path):
         """The group at `path`, made by an earlier grading process (to empty and remove it)."""
         cap = cls.__new__(cls)
-        cap.path = path
+        cap.path, cap.memory_path = path, None
         return cap
 
     @property
@@ -163,17 +217,37 @@ class CgroupProcessCap:
         return self.path is not None
 
     def describe(self):
-        return f"a cgroup ({self.path.parent}, pids.max = {self.limit})"
+        text = f"a cgroup ({self.path.parent}, pids.max = {self.limit})"
+        if self.memory_bytes and self.memory_path:
+            text += f", memory capped at {self.memory_bytes >> 20} MiB by a memory cgroup ({self.memory_path.parent})"
+        elif self.memory_bytes:
+            text += (f"; NO memory cgroup could be made, so memory is bounded only by the address-space cap "
+                     f"({address_space_bytes() >> 20} MiB)")
+        return text
+
+    @property
+    def procs_files(self):
+        if not self.path:
+            return ["/dev/null"]
+        return [str(p / "cgroup.procs") for p in dict.fromkeys(filter(None, (self.path, self.memory_path)))]
 
     @property
     def procs_file(self):
-        return str(self.path / "cgroup.procs") if self.path else "/dev/null"
+        return self.procs_files[0]
 
     def pids(self):
         return [int(p) for p in _read(self.procs_file).split()] if self.path else []
 
     def kill_all(self):
-        """SIGKILL everything in the group, until it is empty; then remove the group."""
+        """SIGKILL everything in the group, until it is empty; then remove the group, and its memory group
+        (cgroup v1) likewise."""
+        memory = CgroupProcessCap.existing(self.memory_path) if self.memory_path not in (None, self.path) else None
+        self._empty_and_remove()
+        if memory is not None:
+            memory._empty_and_remove()
+        self.memory_path = memory.path if memory is not None else self.path
+
+    def _empty_and_remove(self):
         if not self.path:
             return
         deadline = time.monotonic() + 10
@@ -206,7 +280,7 @@ class UserNamespaceProcessCap:
     namespace ends every process in it when bwrap goes.
     """
 
-    procs_file = "/dev/null"
+    procs_files = ["/dev/null"]
     available = True
 
     def __init__(self, limit=None):
@@ -217,7 +291,11 @@ class UserNamespaceProcessCap:
         return (f"--nproc={self.limit}",)
 
     def describe(self):
-        return f"RLIMIT_NPROC = {self.limit} inside the sandbox's user namespace (grader uid {os.geteuid()})"
+        text = f"RLIMIT_NPROC = {self.limit} inside the sandbox's user namespace (grader uid {os.geteuid()})"
+        if gpu_devices():
+            text += (f"; the sandbox reaches a GPU and an ordinary user makes no memory cgroup, so memory is "
+                     f"bounded only by the address-space cap ({address_space_bytes() >> 20} MiB)")
+        return text
 
     def kill_all(self):
         pass  # the pid namespace does it
@@ -228,7 +306,7 @@ class NoProcessCap:
     until the memory cap or a time limit stops it. The preflight refuses to grade with this unless
     course_config.ALLOW_NO_PROCESS_CAP says otherwise."""
 
-    procs_file = "/dev/null"
+    procs_files = ["/dev/null"]
     prlimit_options = ()
     available = False
 
@@ -242,7 +320,7 @@ class NoProcessCap:
 def process_cap(limit=None):
     """The process cap for one new sandbox: a cgroup where the grader can make one, else RLIMIT_NPROC
     in the sandbox's user namespace (a grader that is not root), else none."""
-    cgroup = CgroupProcessCap(limit)
+    cgroup = CgroupProcessCap(limit, memory_bytes=course_config.MEMORY_LIMIT_MB << 20 if gpu_devices() else None)
     if cgroup.available:
         return cgroup
     if sandbox_enabled() and os.geteuid() != 0:
@@ -260,10 +338,14 @@ def _read(path):
 def limited_command(sandbox, command, cap):
     """`command` in the sandbox (`sandbox`: the bwrap arguments, or [] with the sandbox off), with
     `cap` and the memory and file-size caps of course_config. The cgroup is joined outside, before
-    bwrap starts; the rlimits are set inside, where RLIMIT_NPROC counts the sandbox's user namespace."""
-    memory = course_config.MEMORY_LIMIT_MB << 20
-    limits = ["prlimit", f"--as={memory}", f"--fsize={course_config.FILE_SIZE_LIMIT_MB << 20}", "--core=0", *cap.prlimit_options, "--"]
-    return ["/bin/sh", "-c", 'echo $$ > "$0" 2>/dev/null; exec "$@"', cap.procs_file, *sandbox, *limits, *command]
+    bwrap starts; the rlimits are set inside, where RLIMIT_NPROC counts the sandbox's user namespace.
+    The address-space cap leaves room for CUDA's reservations where the sandbox reaches a GPU
+    (`address_space_bytes`)."""
+    limits = ["prlimit", f"--as={address_space_bytes()}", f"--fsize={course_config.FILE_SIZE_LIMIT_MB << 20}", "--core=0",
+              *cap.prlimit_options, "--"]
+    groups = " ".join(cap.procs_files)  # cgroup paths: made here, no spaces
+    return ["/bin/sh", "-c", 'for group in $0; do echo $$ > "$group" 2>/dev/null; done; exec "$@"', groups,
+            *sandbox, *limits, *command]
 
 
 # Inside the sandbox: the kernel's assignment folder, read-only, before it is copied into its tmpfs.
@@ -932,7 +1014,7 @@ def sweep_leftovers():
     earlier versions, which name no owner, go once they are older than any grading can last.
     Returns how many were removed."""
     removed = 0
-    for root in CgroupProcessCap.ROOTS:
+    for root in CgroupProcessCap.SWEPT_ROOTS:
         for group in root.glob(f"{CGROUP_PREFIX}*") if root.is_dir() else []:
             owner = _owner_alive(group.name, CGROUP_PREFIX)
             if owner is False or (owner is None and not _read(group / "cgroup.procs").split()):

@@ -155,3 +155,39 @@ def test_autograde_gpu_decides_the_pending_gpu_checks_and_keeps_everything_else(
     assert notes.exists(), "the grading notes are written back with the feedback"
     feedback = (course / "feedback" / "correct" / ASSIGNMENT / f"{NB1}.html").read_text()
     assert "hidden check cuda_attention_matches: passed" in feedback  # the feedback page is new too
+
+
+# torch in the grader sees CUDA, a sandboxed worker cannot use it (measured on an H200 host: the address-space
+# cap stopped CUDA from starting, and every GPU check failed on the reference solution). Here: the CPU build
+# of torch in the sandbox, with the checks' device left at "cuda".
+AUTOGRADE_GPU_WITH_CUDA_OUTSIDE_THE_SANDBOX_ONLY = """
+import logging, sys
+import torch
+torch.cuda.is_available = lambda: True
+from autograder import fill_gpu_checks
+logging.basicConfig(level=logging.INFO, format="%(message)s")
+sys.exit(fill_gpu_checks.main())
+"""
+
+
+def test_autograde_gpu_changes_nothing_where_cuda_does_not_work_in_the_sandbox(course):
+    import subprocess
+
+    from tests.conftest import user_env
+    from tests.students import write_submission
+
+    make(course, "release")
+    write_submission(course, "correct", {NB1: student_notebook(reference_answers())})
+    make(course, "autograde")
+
+    def state():
+        return {k: v for k, v in tree_digest(course).items() if "__pycache__" not in k and ".hypothesis" not in k}
+
+    before = state()
+    result = subprocess.run([str(course / ".venv" / "bin" / "python"), "-c", AUTOGRADE_GPU_WITH_CUDA_OUTSIDE_THE_SANDBOX_ONLY],
+                            cwd=course, capture_output=True, text=True, timeout=900,
+                            env={**user_env(), "PYTHONPATH": str(course), "MPLBACKEND": "Agg",
+                                 "PATH": f"{course / '.venv' / 'bin'}:/usr/bin:/bin"})
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "GPU CHECKS NOT DECIDED" in result.stdout and "CUDA does not work in the sandbox" in result.stdout
+    assert state() == before, "no grade, notebook or feedback page moves"

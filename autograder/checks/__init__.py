@@ -118,8 +118,9 @@ def run_check(name, student, cuda_available=None):
 
             cuda_available = torch.cuda.is_available()
         if not cuda_available:
-            return Verdict("pending", "this GPU check needs a CUDA device and this grader has none; it "
-                                      "stays pending (neither passed nor failed) until a grader with CUDA runs it")
+            return Verdict("pending", "this GPU check needs a CUDA device that the grader's sandbox can use, and "
+                                      "this grader has none; it stays pending (neither passed nor failed) until a "
+                                      "grader with CUDA runs it")
     student.check_deadline = check_deadline()  # all this check's calls together
     try:
         registered.run(student)
