@@ -80,19 +80,21 @@ WORKER_START_TIMEOUT_S = _policy("WORKER_START_TIMEOUT_S", 120)
 # Wall-clock limit for one executed notebook cell in the student's kernel.
 CELL_TIMEOUT_S = _policy("CELL_TIMEOUT_S", 120)
 # Memory cap (address space) for every process that runs student code.
-# torch reserves ~1.5 GB of address space on import; 6 GiB leaves room for
-# the notebooks while stopping a memory hog long before it hurts the host.
+# torch reserves address space on import (3.8 GB measured for a CUDA build of torch); 6 GiB leaves room
+# for the notebooks while stopping a memory hog long before it hurts the host.
 MEMORY_LIMIT_MB = _policy("MEMORY_LIMIT_MB", 6144)
 # Where a sandbox reaches a GPU, its address-space cap is MEMORY_LIMIT_MB plus this: a CUDA context
 # reserves address space it never fills. Measured on an H200 host (torch 2.11, CUDA 13.0): 3.8 GB of
 # address space after `import torch`, 16.6 GB once CUDA starts, 17.9 GB after the first tensor, of which
 # 0.66 GB resident; under an address-space cap of 6144 MiB CUDA does not start ("out of memory"), under
-# 65536 MiB it does. There a memory cgroup caps what the sandbox holds in RAM at MEMORY_LIMIT_MB, where
-# the grader may make one (root; the preflight says which holds).
+# 65536 MiB, or under RLIMIT_DATA = 6144 MiB alone, it does. There RLIMIT_DATA keeps MEMORY_LIMIT_MB
+# (private memory), and a memory cgroup caps what the sandbox holds in RAM at MEMORY_LIMIT_MB where the
+# grader may make one (root; the preflight says which holds). GPU memory itself is not capped.
 CUDA_ADDRESS_SPACE_MB = _policy("CUDA_ADDRESS_SPACE_MB", 65536)
 # Size of every writable place inside a sandbox: its /tmp, and the kernel's copy of its
-# assignment folder (its cwd and HOME). Each is a tmpfs, which lives in the host's RAM and
-# which neither the memory cap nor the file-size cap counts, so each has this cap of its own.
+# assignment folder (its cwd and HOME). Each is a tmpfs, which lives in the host's RAM and which
+# neither the address-space cap nor the file-size cap counts (a GPU sandbox's memory cgroup does),
+# so each has this cap of its own.
 # The notebooks write a few MB (matplotlib's cache, a corpus); 256 MiB leaves room to spare.
 SANDBOX_WRITABLE_MB = _policy("SANDBOX_WRITABLE_MB", 256)
 # Process cap for the sandbox that runs student code (threads count too:

@@ -12,8 +12,8 @@ import logging
 import sys
 
 from .checks import REGISTRY
-from .pipeline import gpu_grading_problem, hidden_check_name
-from .preflight import refuse_unless_sandbox_works
+from .pipeline import cuda_seen_by_the_grader, hidden_check_name
+from .preflight import cuda_problem_in_the_sandbox, refuse_unless_sandbox_works
 from .redecide import redecide
 from .safe_text import one_line
 
@@ -32,17 +32,17 @@ def pending_gpu_cells(nb, grades):
 
 
 def main():
-    problem = gpu_grading_problem()
-    if problem and "sandbox" not in problem:
-        print(f"no CUDA on this host ({problem}): the pending GPU checks stay pending; nothing was changed")
+    if not cuda_seen_by_the_grader():
+        print("no CUDA on this host (or GRADE_ON_CUDA is off): the pending GPU checks stay pending; nothing was changed")
         return 0
     refused = refuse_unless_sandbox_works()
     if refused:
         return refused
+    problem = cuda_problem_in_the_sandbox()
     if problem:  # CUDA is here, the sandbox cannot use it: a host to mend, never 0 points for every student
-        print(f"GPU CHECKS NOT DECIDED: {one_line(problem, 1000)}. The pending GPU checks stay pending; nothing "
-              f"was changed. The address-space cap of a sandbox that reaches a GPU is MEMORY_LIMIT_MB + "
-              f"CUDA_ADDRESS_SPACE_MB (course_config.py).")
+        print(f"GPU CHECKS NOT DECIDED: torch sees CUDA on this host, but CUDA does not work in the sandbox: "
+              f"{one_line(problem, 1000)}. The pending GPU checks stay pending; nothing was changed. The address-space "
+              f"cap of a sandbox that reaches a GPU is MEMORY_LIMIT_MB + CUDA_ADDRESS_SPACE_MB (course_config.py).")
         return 2
     filled, _, flagged = redecide(pending_gpu_cells, cuda_available=True)
     for line in flagged:

@@ -2,7 +2,8 @@
 
 Exit status 0 when every GPU check passed, or when there is no CUDA here (they are then reported as
 pending, not run); 1 when a GPU check failed on the reference solution (a bug in a check or solution), or
-when torch sees CUDA but a sandboxed worker cannot use it (the host's limits: it says why).
+when torch sees CUDA but none is decided: a sandboxed worker cannot use it (the host's limits: it says
+why), or course_config.GRADE_ON_CUDA is off.
 """
 import platform
 import sys
@@ -14,7 +15,8 @@ import torch
 import course_config
 
 from .checks import REGISTRY, run_check
-from .pipeline import gpu_grading_problem, graded_answers, student_code, student_written_code
+from .pipeline import cuda_seen_by_the_grader, graded_answers, student_code, student_written_code
+from .preflight import cuda_problem_in_the_sandbox
 from .safe_text import one_line
 from .sandbox import sandbox_enabled
 from .student import SandboxedStudent
@@ -22,14 +24,16 @@ from .student import SandboxedStudent
 
 def main():
     gpu_checks = sorted(name for name, c in REGISTRY.items() if c.gpu)
-    problem = gpu_grading_problem()
-    cuda = problem is None
     seen = torch.cuda.is_available()
+    problem = cuda_problem_in_the_sandbox() if cuda_seen_by_the_grader() else None
+    cuda = cuda_seen_by_the_grader() and problem is None
     print(f"host: {platform.node()}  torch {torch.__version__}  CUDA {torch.version.cuda}  "
           f"available: {seen}" + (f"  device: {torch.cuda.get_device_name(0)}" if seen else ""))
     print(f"student code runs in: {'a bubblewrap sandbox' if sandbox_enabled() else 'a plain process (sandbox off)'}")
-    if seen and not cuda:
-        print(f"GPU checks not run: {one_line(problem, 1000)}")
+    if problem:
+        print(f"GPU checks not run: torch sees CUDA, but CUDA does not work in the sandbox: {one_line(problem, 1000)}")
+    elif seen and not cuda:
+        print("GPU checks not run: course_config.GRADE_ON_CUDA is off")
     failed = 0
     solutions = course_config.COURSE_ROOT / "solutions"
     for path in sorted(p for a in course_config.ASSIGNMENTS for p in (solutions / a).glob("*.ipynb")):

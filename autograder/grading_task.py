@@ -464,6 +464,9 @@ def _grade_requests(folder, channel):
         prepare_host(folder)  # before the first submission comes (read, where make release made it)
     except Exception:  # noqa: BLE001 - made again by the submission or check that needs it, which reports it
         log.exception("preparing this grading host")
+    from .pipeline import grading_on_cuda
+
+    grading_on_cuda()  # on a CUDA host, the probe of CUDA in the sandbox: before any submission's clock runs
     for line in sys.stdin:
         request = json.loads(line)
         key, root = request["key"], Path(request["root"])

@@ -243,27 +243,22 @@ class SandboxedExecute(Execute):
             "error", ename=ename, evalue=message, traceback=[f"{ename}: {message}"]))
 
 
-def gpu_grading_problem():
-    """None when GPU checks are decided here; else why not, as one line: course_config.GRADE_ON_CUDA is
-    "off", torch sees no CUDA, or CUDA does not work in a sandbox like the students' (the grader's own
-    probe, `cuda_problem_in_the_sandbox`, asked once per process and logged once)."""
+def cuda_seen_by_the_grader():
+    """torch in the grader sees a CUDA device and course_config.GRADE_ON_CUDA allows using it."""
     import torch
 
-    if course_config.GRADE_ON_CUDA == "off":
-        return "course_config.GRADE_ON_CUDA is off"
-    if not torch.cuda.is_available():
-        return "torch sees no CUDA device on this host"
-    from .preflight import cuda_problem_in_the_sandbox
-
-    problem = cuda_problem_in_the_sandbox()
-    if problem is None:
-        return None
-    return f"torch sees CUDA on this host, but CUDA does not work in the sandbox: {problem}"
+    return course_config.GRADE_ON_CUDA != "off" and torch.cuda.is_available()
 
 
 def grading_on_cuda():
-    """Whether GPU checks are decided here (`gpu_grading_problem`); where they are not, they stay pending."""
-    return gpu_grading_problem() is None
+    """Whether GPU checks are decided here: the grader sees CUDA (`cuda_seen_by_the_grader`) and CUDA works
+    in a sandbox like the students' (the grader's own probe, `preflight.cuda_problem_in_the_sandbox`, asked
+    once per process, logged). Where they are not decided, they stay pending."""
+    if not cuda_seen_by_the_grader():
+        return False
+    from .preflight import cuda_problem_in_the_sandbox
+
+    return cuda_problem_in_the_sandbox() is None
 
 
 # The grader's own tensors (generated inputs, float64 references, comparisons) are tiny, and it takes

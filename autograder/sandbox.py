@@ -101,20 +101,35 @@ def writable_bytes():
     return course_config.SANDBOX_WRITABLE_MB << 20
 
 
+_gpus_withheld = []  # why, once the grader's own probe found that CUDA does not work in a sandbox here
+
+
 def gpu_devices():
-    """The host's NVIDIA device files a sandbox is given: none where there are none, or where
-    course_config.GRADE_ON_CUDA is "off" (the GPU is kept free of student code)."""
-    if course_config.GRADE_ON_CUDA == "off":
+    """The host's NVIDIA device files a sandbox is given: none where there are none, where
+    course_config.GRADE_ON_CUDA is "off" (the GPU is kept free of student code), or once
+    `withhold_gpus` was called in this process."""
+    if course_config.GRADE_ON_CUDA == "off" or _gpus_withheld:
         return []
     return sorted(Path("/dev").glob("nvidia*"))
+
+
+def withhold_gpus(why):
+    """From now on, no sandbox this process starts reaches a GPU, nor gets the address space CUDA needs:
+    the grader's probe (`preflight.cuda_problem_in_the_sandbox`) found that CUDA does not work there."""
+    _gpus_withheld.append(why)
+
+
+def _gpu_memory_bounds():
+    return (f"private memory is capped by RLIMIT_DATA ({course_config.MEMORY_LIMIT_MB} MiB), shared memory only by "
+            f"the address-space cap ({address_space_bytes() >> 20} MiB)")
 
 
 def address_space_bytes(gpu=None):
     """RLIMIT_AS of a sandboxed process: MEMORY_LIMIT_MB, plus CUDA_ADDRESS_SPACE_MB where the sandbox
     reaches a GPU (`gpu`: whether it does; asked of the host if None). A CUDA context reserves address space
     it never fills (course_config.CUDA_ADDRESS_SPACE_MB says what was measured): under MEMORY_LIMIT_MB
-    alone CUDA does not start. There the memory the sandbox really uses is capped by a memory cgroup
-    (`CgroupProcessCap`, `memory_bytes`) where the grader may make one."""
+    alone CUDA does not start. There RLIMIT_DATA (`limited_command`) and, where the grader may make one,
+    a memory cgroup (`CgroupProcessCap`, `memory_bytes`) bound the memory the sandbox really uses."""
     gpu = bool(gpu_devices()) if gpu is None else gpu
     return (course_config.MEMORY_LIMIT_MB + (course_config.CUDA_ADDRESS_SPACE_MB if gpu else 0)) << 20
 
@@ -153,9 +168,23 @@ class CgroupProcessCap:
     """
 
     ROOTS = (Path("/sys/fs/cgroup/pids"), Path("/sys/fs/cgroup"))
-    MEMORY_ROOT_V1 = Path("/sys/fs/cgroup/memory")  # cgroup v2 has one tree: the memory cap is set on `path`
-    SWEPT_ROOTS = (*ROOTS, MEMORY_ROOT_V1)  # where a grader killed mid-batch can leave groups
     prlimit_options = ()
+
+    @staticmethod
+    def memory_root_v1():
+        """cgroup v1: where a sandbox's memory group is made, inside the grader's own memory group (so any
+        limit set on the grader, by systemd say, holds for its sandboxes too). cgroup v2 has one tree: there
+        the cap is set on the pids group itself."""
+        for line in _read("/proc/self/cgroup").splitlines():
+            _, controllers, path = line.split(":", 2)
+            if "memory" in controllers.split(","):
+                return Path("/sys/fs/cgroup/memory") / path.lstrip("/")
+        return Path("/sys/fs/cgroup/memory")
+
+    @classmethod
+    def swept_roots(cls):
+        """Where a grader killed mid-batch can have left groups (`sweep_leftovers`)."""
+        return list(dict.fromkeys([*cls.ROOTS, cls.memory_root_v1()]))
 
     def __init__(self, limit=None, memory_bytes=None):
         self.path = None
@@ -186,8 +215,8 @@ class CgroupProcessCap:
             if "memory" not in _read(self.path.parent / "cgroup.subtree_control").split():
                 return None
             path, limits = self.path, {"memory.max": memory_bytes, "memory.swap.max": 0}
-        elif (self.MEMORY_ROOT_V1 / "cgroup.procs").exists():
-            path = self.MEMORY_ROOT_V1 / name
+        elif (self.memory_root_v1() / "cgroup.procs").exists():
+            path = self.memory_root_v1() / name
             limits = {"memory.limit_in_bytes": memory_bytes, "memory.memsw.limit_in_bytes": memory_bytes}
             try:
                 path.mkdir()
@@ -201,7 +230,7 @@ class CgroupProcessCap:
             except OSError:
                 if index == 0:  # the cap itself; the swap knob exists only where swap is accounted
                     if path != self.path:
-                        path.rmdir()
+                        shutil.rmtree(path, ignore_errors=True)
                     return None
         return path
 
@@ -221,8 +250,7 @@ class CgroupProcessCap:
         if self.memory_bytes and self.memory_path:
             text += f", memory capped at {self.memory_bytes >> 20} MiB by a memory cgroup ({self.memory_path.parent})"
         elif self.memory_bytes:
-            text += (f"; NO memory cgroup could be made, so memory is bounded only by the address-space cap "
-                     f"({address_space_bytes() >> 20} MiB)")
+            text += f"; NO memory cgroup could be made: {_gpu_memory_bounds()}"
         return text
 
     @property
@@ -245,7 +273,9 @@ class CgroupProcessCap:
         self._empty_and_remove()
         if memory is not None:
             memory._empty_and_remove()
-        self.memory_path = memory.path if memory is not None else self.path
+            self.memory_path = memory.path
+        elif self.memory_path is not None:  # cgroup v2: the same group
+            self.memory_path = self.path
 
     def _empty_and_remove(self):
         if not self.path:
@@ -264,6 +294,8 @@ class CgroupProcessCap:
         try:
             self.path.rmdir()
             self.path = None
+        except FileNotFoundError:
+            self.path = None  # removed by another call (a sandbox stopped twice)
         except OSError:
             pass  # still busy: a later kill_all (or the next grading run) removes it
 
@@ -293,8 +325,7 @@ class UserNamespaceProcessCap:
     def describe(self):
         text = f"RLIMIT_NPROC = {self.limit} inside the sandbox's user namespace (grader uid {os.geteuid()})"
         if gpu_devices():
-            text += (f"; the sandbox reaches a GPU and an ordinary user makes no memory cgroup, so memory is "
-                     f"bounded only by the address-space cap ({address_space_bytes() >> 20} MiB)")
+            text += f"; the sandbox reaches a GPU and an ordinary user makes no memory cgroup: {_gpu_memory_bounds()}"
         return text
 
     def kill_all(self):
@@ -341,10 +372,17 @@ def limited_command(sandbox, command, cap):
     bwrap starts; the rlimits are set inside, where RLIMIT_NPROC counts the sandbox's user namespace.
     The address-space cap leaves room for CUDA's reservations where the sandbox reaches a GPU
     (`address_space_bytes`)."""
-    limits = ["prlimit", f"--as={address_space_bytes()}", f"--fsize={course_config.FILE_SIZE_LIMIT_MB << 20}", "--core=0",
-              *cap.prlimit_options, "--"]
+    gpu = bool(gpu_devices())
+    # Where the sandbox reaches a GPU, RLIMIT_DATA (private writable memory: what a flood of tensors or
+    # bytes takes) keeps MEMORY_LIMIT_MB: CUDA's reservations are not counted in it (measured on an H200
+    # host: CUDA starts and computes under RLIMIT_DATA = 6144 MiB), and an ordinary grader, who makes no
+    # memory cgroup, still has a cap that a MemoryError reports.
+    data = [f"--data={course_config.MEMORY_LIMIT_MB << 20}"] if gpu else []
+    limits = ["prlimit", f"--as={address_space_bytes(gpu)}", *data, f"--fsize={course_config.FILE_SIZE_LIMIT_MB << 20}",
+              "--core=0", *cap.prlimit_options, "--"]
     groups = " ".join(cap.procs_files)  # cgroup paths: made here, no spaces
-    return ["/bin/sh", "-c", 'for group in $0; do echo $$ > "$group" 2>/dev/null; done; exec "$@"', groups,
+    # A group that cannot be joined stops the sandbox (status 125) rather than leave it uncapped.
+    return ["/bin/sh", "-c", 'for group in $0; do echo $$ > "$group" || exit 125; done; exec "$@"', groups,
             *sandbox, *limits, *command]
 
 
@@ -996,7 +1034,8 @@ def _owner_alive(name, prefix):
         return False
     except PermissionError:
         pass
-    return process_state(pid) not in ("Z", "X", None)
+    state = process_state(pid)
+    return state not in ("Z", "X") if state else os.path.exists(f"/proc/{pid}")
 
 
 def process_state(pid):
@@ -1014,7 +1053,7 @@ def sweep_leftovers():
     earlier versions, which name no owner, go once they are older than any grading can last.
     Returns how many were removed."""
     removed = 0
-    for root in CgroupProcessCap.SWEPT_ROOTS:
+    for root in CgroupProcessCap.swept_roots():
         for group in root.glob(f"{CGROUP_PREFIX}*") if root.is_dir() else []:
             owner = _owner_alive(group.name, CGROUP_PREFIX)
             if owner is False or (owner is None and not _read(group / "cgroup.procs").split()):

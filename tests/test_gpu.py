@@ -158,12 +158,14 @@ def test_autograde_gpu_decides_the_pending_gpu_checks_and_keeps_everything_else(
 
 
 # torch in the grader sees CUDA, a sandboxed worker cannot use it (measured on an H200 host: the address-space
-# cap stopped CUDA from starting, and every GPU check failed on the reference solution). Here: the CPU build
-# of torch in the sandbox, with the checks' device left at "cuda".
+# cap stopped CUDA from starting, and every GPU check failed on the reference solution). Here: the checks'
+# device is one no host has, so the sandbox's probe fails on a CUDA host too.
 AUTOGRADE_GPU_WITH_CUDA_OUTSIDE_THE_SANDBOX_ONLY = """
 import logging, sys
 import torch
 torch.cuda.is_available = lambda: True
+from autograder.checks import attention_on_cuda
+attention_on_cuda.GPU_DEVICE = "cuda:99"
 from autograder import fill_gpu_checks
 logging.basicConfig(level=logging.INFO, format="%(message)s")
 sys.exit(fill_gpu_checks.main())

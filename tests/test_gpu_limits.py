@@ -14,9 +14,14 @@ import pytest
 
 import course_config
 from autograder import preflight, sandbox
+from autograder.checks import run_check
 from autograder.sandbox import CgroupProcessCap, limited_command, process_cap, sandbox_environment, sandbox_prefix
 
 ALLOCATE = "import sys; data = b'x' * ({mb} << 20); print('held', len(data) >> 20, 'MiB')"
+# Shared anonymous memory, page by page: RLIMIT_DATA does not count it (only private writable memory).
+ALLOCATE_SHARED = ("import mmap; m = mmap.mmap(-1, {mb} << 20)\n"
+                   "for i in range(0, {mb} << 20, 4096): m[i] = 1\n"
+                   "print('held', {mb}, 'MiB')")
 
 
 @pytest.fixture
@@ -65,23 +70,74 @@ def test_a_memory_cgroup_caps_what_a_gpu_sandbox_holds(a_gpu_host):
     assert not any(g.exists() for g in groups), "kill_all removes the sandbox's groups, the memory group too"
 
     cap = process_cap()
-    over = run_sandboxed(ALLOCATE.format(mb=1024), cap)  # within the address-space cap, over the memory cap
-    assert "held" not in over.stdout and over.returncode in (-9, 137, 128 + 9), "the memory cgroup killed it"
-    assert "MemoryError" not in over.stderr, "not the address-space cap: that one is MEMORY_LIMIT_MB + CUDA's room"
+    shared = run_sandboxed(ALLOCATE_SHARED.format(mb=1024), cap)  # counted by neither rlimit but the address space
+    assert "held" not in shared.stdout and shared.returncode in (-9, 137), "the memory cgroup killed it"
+    assert "MemoryError" not in shared.stderr
+
+
+def test_rlimit_data_keeps_memory_limit_mb_in_a_gpu_sandbox(a_gpu_host):
+    """Any grader, root or not: a flood of private memory (tensors, bytes) meets MEMORY_LIMIT_MB as a
+    MemoryError, though the address space has CUDA's room."""
+    private = run_sandboxed(ALLOCATE.format(mb=1024), process_cap())
+    assert "MemoryError" in private.stderr and "held" not in private.stdout, private.stdout + private.stderr
+    within = run_sandboxed(ALLOCATE.format(mb=128), process_cap())
+    assert "held 128 MiB" in within.stdout, within.stderr
+
+
+def test_the_sweep_removes_a_memory_group_whose_grader_is_gone():
+    root = CgroupProcessCap.memory_root_v1()
+    if not (root / "cgroup.procs").exists():
+        pytest.skip("no cgroup v1 memory hierarchy here")
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    group = root / f"{sandbox.CGROUP_PREFIX}{gone.pid}-abcd1234"
+    try:
+        group.mkdir()
+    except OSError:
+        pytest.skip("this grader may not make memory groups")
+    sandbox.sweep_leftovers()
+    assert not group.exists()
 
 
 def test_gpu_checks_stay_pending_where_cuda_does_not_work_in_the_sandbox(monkeypatch):
-    """torch in the grader sees CUDA; a sandboxed worker cannot use it (here: a CPU build of torch). The
-    grader's own probe finds that out, so no student's GPU check is run, let alone failed."""
+    """torch in the grader sees CUDA; a sandboxed worker cannot use the checks' device (here a device no host
+    has, so this holds on a CUDA host too). The grader's own probe finds that out, so no student's GPU check
+    is run, let alone failed, and no later sandbox of this process is given the GPU."""
     import torch
 
-    from autograder.pipeline import gpu_grading_problem, grading_on_cuda
+    from autograder.checks import attention_on_cuda
+    from autograder.pipeline import grading_on_cuda
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(attention_on_cuda, "GPU_DEVICE", "cuda:99")
+    monkeypatch.setattr(sandbox, "_gpus_withheld", [])
+    monkeypatch.setattr(sandbox.Path, "glob", lambda self, pattern: iter([Path("/dev/null")]))  # a stand-in device
     preflight.cuda_problem_in_the_sandbox.cache_clear()
     try:
-        problem = gpu_grading_problem()
-        assert problem and "CUDA does not work in the sandbox" in problem and "CUDA" in problem.split(":", 1)[1]
+        assert sandbox.gpu_devices() == [Path("/dev/null")]
         assert grading_on_cuda() is False
+        assert "cuda" in preflight.cuda_problem_in_the_sandbox().lower()
+        assert sandbox.gpu_devices() == [], "withheld from every later sandbox"
+        assert sandbox.address_space_bytes() == course_config.MEMORY_LIMIT_MB << 20
+        verdict = run_check("cuda_causal_mask", student=None)  # the default asks the same question
+        assert verdict.status == "pending" and "CUDA" in verdict.message
+    finally:
+        preflight.cuda_problem_in_the_sandbox.cache_clear()
+
+
+def test_a_working_probe_lets_gpu_checks_run(monkeypatch):
+    """The same probe where the sandbox can compute on the checks' device (the CPU stand-in of tests/test_gpu.py)."""
+    import torch
+
+    from autograder.checks import attention_on_cuda
+    from autograder.pipeline import grading_on_cuda
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(attention_on_cuda, "GPU_DEVICE", "cpu")
+    monkeypatch.setattr(sandbox, "_gpus_withheld", [])
+    preflight.cuda_problem_in_the_sandbox.cache_clear()
+    try:
+        assert preflight.cuda_problem_in_the_sandbox() is None
+        assert grading_on_cuda() is True
     finally:
         preflight.cuda_problem_in_the_sandbox.cache_clear()

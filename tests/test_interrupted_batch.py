@@ -21,7 +21,7 @@ from tests.students import NB1, reference_answers, student_notebook, write_submi
 
 def leftovers(scratch, pids):
     """This batch's IPC folders, and cgroups named after one of `pids` (its grading processes)."""
-    groups = [g for root in CgroupProcessCap.ROOTS if root.is_dir() for g in root.glob(f"{CGROUP_PREFIX}*")
+    groups = [g for root in CgroupProcessCap.swept_roots() if root.is_dir() for g in root.glob(f"{CGROUP_PREFIX}*")
               if g.name[len(CGROUP_PREFIX):].split("-")[0] in pids]
     return sorted(str(p) for p in scratch.glob(f"{IPC_PREFIX}*")) + sorted(str(g) for g in groups)
 
@@ -100,8 +100,10 @@ def test_the_sweep_counts_a_zombie_owner_as_gone(scratch, monkeypatch):
 
     monkeypatch.setattr(sandbox.tempfile, "tempdir", str(scratch))
     zombie = subprocess.Popen(["true"])  # never waited for (until the end): a zombie of this process
-    while sandbox.process_state(zombie.pid) != "Z":
+    deadline = time.monotonic() + 30
+    while sandbox.process_state(zombie.pid) != "Z" and time.monotonic() < deadline:
         time.sleep(0.01)
+    assert sandbox.process_state(zombie.pid) == "Z"
     running = subprocess.Popen(["sleep", "60"])
     try:
         ours = {owner.pid: scratch / f"{IPC_PREFIX}{owner.pid}-abcd1234" for owner in (zombie, running)}

@@ -113,10 +113,10 @@ def run_check(name, student, cuda_available=None):
         return Verdict("pending", f"the grader has no check named {name!r}; a TA will grade this by hand")
     registered = REGISTRY[name]
     if registered.gpu:
-        if cuda_available is None:
-            import torch
+        if cuda_available is None:  # as the grader decides it (the pipeline passes its answer)
+            from ..pipeline import grading_on_cuda
 
-            cuda_available = torch.cuda.is_available()
+            cuda_available = grading_on_cuda()
         if not cuda_available:
             return Verdict("pending", "this GPU check needs a CUDA device that the grader's sandbox can use, and "
                                       "this grader has none; it stays pending (neither passed nor failed) until a "
