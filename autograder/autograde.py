@@ -15,8 +15,10 @@ def run(argv):
 
     from .grade_submissions import main
 
+    from .course_lock import run_alone
+
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    return main(argv)
+    return run_alone(main, argv)
 
 
 if __name__ == "__main__":

@@ -263,4 +263,6 @@ if __name__ == "__main__":
         logging.basicConfig(level=logging.INFO, format="%(message)s")
         follow()
     else:
-        sys.exit(generate_feedback(quiet=False))
+        from .course_lock import run_alone
+
+        sys.exit(run_alone(lambda: generate_feedback(quiet=False)))
