@@ -54,6 +54,7 @@ import course_config
 from .apply_results import apply_result
 from .cluster import grading_client, refusals
 from .export import write_grades_csv
+from .course_lock import close_in_child
 from .feedback import FLAGS, FeedbackPages, drop_flags, load_reports, save_reports, write_problem_notes
 from .grading_task import (encode_request, failed_result, grade_submission, package_digest, parse_key, read_result,
                            start_grading_process, submission_key)
@@ -244,6 +245,7 @@ def within_limits(function, *args, memory_mb=None, timeout_s=None):
     pid = os.fork()
     if pid == 0:  # the child: never returns
         try:
+            close_in_child()  # the course's lock stays the batch's alone
             os.close(read_end)
             limit = _vm_size_bytes() + memory
             resource.setrlimit(resource.RLIMIT_AS, (limit, limit))

@@ -113,6 +113,9 @@ mkdir -p "$HUB_COURSE_DIR"
 ln -sfn "$HUB_VENV" "$HUB_COURSE_DIR/.venv"
 chown -R "$HUB_GRADER:" "$HUB_COURSE_DIR"
 chown -h "$HUB_GRADER:" "$HUB_COURSE_DIR/.venv"
+# The course folder holds the solutions, the hidden checks and the gradebook: the grader's alone. (useradd
+# makes homes 0755 where login.defs sets no HOME_MODE, as Debian's does not, so the folder must close itself.)
+chmod 700 "$HUB_COURSE_DIR"
 grader_home="$(getent passwd "$HUB_GRADER" | cut -d: -f6)"
 as_grader mkdir -p "$grader_home/.jupyter"
 sed -e "s|@HUB_COURSE_DIR@|$HUB_COURSE_DIR|" -e "s|@HUB_STUDENT_GROUP@|$HUB_STUDENT_GROUP|" \

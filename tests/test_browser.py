@@ -14,6 +14,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import requests
 
 from tests.conftest import grade_rows
 from tests.grading import cuda_available
@@ -95,7 +96,7 @@ def save_until_on_disk(page, server, path, typed_line):
 
     changed = page.locator(".jp-Dialog", has_text="File Changed")
     deadline = time.monotonic() + PAGE_WAIT_MS / 1000
-    pressed = 0.0
+    pressed, last_error = 0.0, None
     while time.monotonic() < deadline:
         if changed.count() and changed.is_visible():
             changed.get_by_role("button", name="Overwrite").click()
@@ -103,11 +104,14 @@ def save_until_on_disk(page, server, path, typed_line):
             page.keyboard.press("Escape")  # command mode: Ctrl+S saves the notebook, whatever has the focus
             page.keyboard.press("Control+S")
             pressed = time.monotonic()
-        sources = ["".join(c["source"]) for c in server.read_notebook(path)["cells"]]
+        try:
+            sources = ["".join(c["source"]) for c in server.read_notebook(path)["cells"]]
+        except requests.HTTPError as err:  # read while the browser's save writes it (one 500 seen in a full run)
+            last_error, sources = err, []
         if any("def create_causal_mask" in source and typed_line in source for source in sources):
             return
         page.wait_for_timeout(500)  # poll the server's copy; the assertion is on what it holds
-    raise AssertionError(f"{path} was not saved with the typed answer ({typed_line!r})")
+    raise AssertionError(f"{path} was not saved with the typed answer ({typed_line!r}); last read error: {last_error}")
 
 
 @pytest.fixture(scope="module")

@@ -137,6 +137,23 @@ def test_grader_account_grades_without_root_and_says_which_process_cap_holds(cyc
     assert "graded 3 submission(s)" in log
 
 
+def test_students_cannot_read_the_course_folder(cycle):
+    """The course folder holds the solutions, the hidden checks and the gradebook: a student's account can
+    neither read it nor lock it (which would hold every grading command off, course_lock.py)."""
+    hub = cycle["hub"]
+    student = hub.students[0]
+    for path in (hub.course / "solutions" / ASSIGNMENT / f"{NB1}.ipynb", hub.course / "gradebook.db",
+                 hub.course / "autograder" / "checks" / "attention.py"):
+        read = hub.run_as(student, "cat", str(path), check=False)
+        assert read.returncode != 0 and "Permission denied" in read.stderr, (path, read.stdout[:200], read.stderr)
+    listed = hub.run_as(student, "ls", str(hub.course), check=False)
+    assert listed.returncode != 0 and "Permission denied" in listed.stderr
+    locked = hub.run_as(student, "python3", "-c", "import fcntl, os, sys\n"
+                        "fcntl.flock(os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECTORY), fcntl.LOCK_EX | fcntl.LOCK_NB)",
+                        str(hub.course), check=False)
+    assert locked.returncode != 0 and "PermissionError" in locked.stderr
+
+
 def test_grades_csv_holds_the_exact_scores(cycle):
     hub = cycle["hub"]
     rows = grade_rows(hub.course)
