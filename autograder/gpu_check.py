@@ -25,8 +25,9 @@ from .student import SandboxedStudent
 def main():
     gpu_checks = sorted(name for name, c in REGISTRY.items() if c.gpu)
     seen = torch.cuda.is_available()
-    problem = cuda_problem_in_the_sandbox() if cuda_seen_by_the_grader() else None
-    cuda = cuda_seen_by_the_grader() and problem is None
+    allowed = cuda_seen_by_the_grader()
+    problem = cuda_problem_in_the_sandbox() if allowed else None
+    cuda = allowed and problem is None
     print(f"host: {platform.node()}  torch {torch.__version__}  CUDA {torch.version.cuda}  "
           f"available: {seen}" + (f"  device: {torch.cuda.get_device_name(0)}" if seen else ""))
     print(f"student code runs in: {'a bubblewrap sandbox' if sandbox_enabled() else 'a plain process (sandbox off)'}")

@@ -215,8 +215,8 @@ class CgroupProcessCap:
             if "memory" not in _read(self.path.parent / "cgroup.subtree_control").split():
                 return None
             path, limits = self.path, {"memory.max": memory_bytes, "memory.swap.max": 0}
-        elif (self.memory_root_v1() / "cgroup.procs").exists():
-            path = self.memory_root_v1() / name
+        elif ((root := self.memory_root_v1()) / "cgroup.procs").exists():
+            path = root / name
             limits = {"memory.limit_in_bytes": memory_bytes, "memory.memsw.limit_in_bytes": memory_bytes}
             try:
                 path.mkdir()
